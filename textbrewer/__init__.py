@@ -1,0 +1,55 @@
+"""textbrewer: knowledge distillation for NLP models in PyTorch.
+
+The public face of the package: it re-exports the configurations, the distillers and the preset
+registries, and holds no logic of its own.
+"""
+
+__version__ = "0.3.0"
+
+from textbrewer import data_utils, losses, presets, utils
+from textbrewer.configurations import DistillationConfig, TrainingConfig
+from textbrewer.distillers import (
+    BasicDistiller,
+    BasicTrainer,
+    GeneralDistiller,
+    MultiTaskDistiller,
+    MultiTeacherDistiller,
+)
+from textbrewer.presets import (
+    ADAPTOR_KEYS,
+    FEATURES,
+    KD_LOSS_MAP,
+    MATCH_LOSS_MAP,
+    PROJ_MAP,
+    TEMPERATURE_SCHEDULER,
+    WEIGHT_SCHEDULER,
+    register_new,
+)
+
+Distillers = {
+    "Basic": BasicDistiller,
+    "General": GeneralDistiller,
+    "MultiTeacher": MultiTeacherDistiller,
+    "MultiTask": MultiTaskDistiller,
+    "Train": BasicTrainer,
+}
+
+__all__ = [
+    "ADAPTOR_KEYS",
+    "FEATURES",
+    "KD_LOSS_MAP",
+    "MATCH_LOSS_MAP",
+    "PROJ_MAP",
+    "TEMPERATURE_SCHEDULER",
+    "WEIGHT_SCHEDULER",
+    "BasicDistiller",
+    "BasicTrainer",
+    "DistillationConfig",
+    "Distillers",
+    "GeneralDistiller",
+    "MultiTaskDistiller",
+    "MultiTeacherDistiller",
+    "TrainingConfig",
+    "__version__",
+    "register_new",
+]

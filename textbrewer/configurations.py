@@ -1,0 +1,292 @@
+"""``TrainingConfig`` and ``DistillationConfig``: validated, JSON round-trippable settings.
+
+Configs hold names and numbers only (never resolved callables) and are never written to during
+training: the runtime values a schedule changes live in the distiller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, ClassVar, TypeVar, Union
+
+import torch
+
+from textbrewer import presets
+from textbrewer._validation import Problems, check_keys
+from textbrewer.matches import IntermediateMatch
+
+ConfigT = TypeVar("ConfigT", bound="_Config")
+PathLike = Union[str, "os.PathLike[str]"]
+
+_OPT_LEVELS = ("O0", "O1", "O2", "O3")
+_PRECISIONS = ("no", "fp16", "bf16")
+
+
+class _Config:
+    """Serialisation and printing shared by both configurations (dataclasses)."""
+
+    _json_fields: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], dict_object: dict[str, Any]) -> ConfigT:
+        """Builds a config from a dict of field values; unknown keys raise, naming the key."""
+        if not isinstance(dict_object, dict):
+            raise TypeError(
+                f"{cls.__name__}.from_dict expects a dict, got {type(dict_object).__name__}"
+            )
+        check_keys(cls.__name__, dict_object, [field.name for field in dataclasses.fields(cls)])
+        return cls(**dict_object)
+
+    @classmethod
+    def from_json_file(cls: type[ConfigT], json_file: PathLike) -> ConfigT:
+        """Reads a JSON object from ``json_file`` and builds the config with ``from_dict``."""
+        with open(json_file, encoding="utf-8") as reader:
+            return cls.from_dict(json.load(reader))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the fields as plain, JSON-serialisable values (``from_dict`` inverts it)."""
+        return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+    def to_json_file(self, json_file: PathLike) -> None:
+        """Writes ``to_dict()`` to ``json_file`` as indented JSON."""
+        with open(json_file, "w", encoding="utf-8") as writer:
+            json.dump(self.to_dict(), writer, indent=2)
+            writer.write("\n")
+
+    def __str__(self) -> str:
+        return "\n".join(
+            f"{field.name} : {getattr(self, field.name)}" for field in dataclasses.fields(self)
+        )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, IntermediateMatch):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (torch.device, os.PathLike)):
+        return str(value)
+    return value
+
+
+@dataclasses.dataclass
+class TrainingConfig(_Config):
+    """Settings of the training session: checkpoints, logging, device, precision, distribution.
+
+    Args:
+        gradient_accumulation_steps: micro-batches whose gradients are summed (each loss divided
+            by this number) before one optimizer step.
+        ckpt_frequency: checkpoints per epoch (epoch mode), evenly spaced.
+        ckpt_epoch_frequency: checkpoint only every this many epochs (and always in the last).
+        ckpt_steps: in step mode (``train(..., num_steps=N)``), checkpoint every this many
+            optimizer steps and at ``num_steps``; required then, ignored in epoch mode.
+        log_dir: directory for tensorboard scalars; ``None`` disables tensorboard.
+        output_dir: where ``gs{step}.pkl`` checkpoints go; created (with parents) when the config
+            is built, on rank 0 only.
+        device: ``'cuda'``, ``'cpu'``, ``'cuda:1'``, or a ``torch.device``. When CUDA is asked for
+            but absent, building a distiller raises (there is no silent fallback to CPU).
+        fp16: mixed precision with float16 autocast and a ``GradScaler`` (``torch.amp``; apex is
+            never needed). Same as ``mixed_precision='fp16'``.
+        fp16_opt_level: accepted for TextBrewer 0.2.x scripts. With ``fp16=True``: ``'O1'``,
+            ``'O2'`` and ``'O3'`` all mean float16 autocast with loss scaling (the weights stay in
+            float32, which is what ``O1`` did and the numerically safe form of ``O2``/``O3``);
+            ``'O0'`` means full float32, as it did under apex.
+        data_parallel: wrap the student and the teachers in ``nn.DataParallel``.
+        local_rank: ``>= 0`` turns on DistributedDataParallel for this process (launch with
+            ``torchrun``, which also sets ``RANK``/``WORLD_SIZE``); ``-1`` leaves it off unless a
+            process group with more than one process is already initialised.
+        mixed_precision: ``None`` (decided by ``fp16``), ``'no'``, ``'fp16'`` or ``'bf16'``
+            (bfloat16 autocast, no loss scaling; works on CPU too).
+        save_training_state: also write, beside each ``gs{step}.pkl``, a ``gs{step}.state.pt``
+            holding everything needed to resume: ``train(..., resume_from=path)``.
+        log_every_n_steps: optimizer steps between reading loss values back from the device for
+            tensorboard, the progress bar and the non-finite loss check. Every micro-batch's value
+            is still logged, with its own index; larger values mean fewer host-device syncs.
+        progress_bar: show a tqdm progress bar (rank 0 only).
+
+    Example:
+        >>> config = TrainingConfig(device="cpu", output_dir=tmp_dir, ckpt_frequency=2)
+        >>> config.ckpt_frequency
+        2
+    """
+
+    gradient_accumulation_steps: int = 1
+    ckpt_frequency: int = 1
+    ckpt_epoch_frequency: int = 1
+    ckpt_steps: int | None = None
+    log_dir: str | None = None
+    output_dir: str = "./saved_models"
+    device: str | torch.device = "cuda"
+    fp16: bool = False
+    fp16_opt_level: str = "O1"
+    data_parallel: bool = False
+    local_rank: int = -1
+    mixed_precision: str | None = None
+    save_training_state: bool = False
+    log_every_n_steps: int = 50
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        problems = Problems("TrainingConfig")
+        problems.integer("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        problems.integer("ckpt_frequency", self.ckpt_frequency, 1)
+        problems.integer("ckpt_epoch_frequency", self.ckpt_epoch_frequency, 1)
+        if self.ckpt_steps is not None:
+            problems.integer("ckpt_steps", self.ckpt_steps, 1)
+        for field in ("log_dir", "output_dir"):
+            value = getattr(self, field)
+            if not (value is None and field == "log_dir") and not isinstance(
+                value, (str, os.PathLike)
+            ):
+                problems.add(f"`{field}`={value!r} must be a path (str or os.PathLike)")
+        self._check_device(problems)
+        for field in ("fp16", "data_parallel", "save_training_state", "progress_bar"):
+            problems.boolean(field, getattr(self, field))
+        problems.choice("fp16_opt_level", self.fp16_opt_level, _OPT_LEVELS)
+        problems.integer("local_rank", self.local_rank, -1)
+        problems.integer("log_every_n_steps", self.log_every_n_steps, 1)
+        self._check_precision(problems)
+        problems.raise_if_any()
+        if self._is_main_process():
+            os.makedirs(self.output_dir, exist_ok=True)
+
+    def _check_device(self, problems: Problems) -> None:
+        if isinstance(self.device, torch.device):
+            return
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            problems.add(
+                f"`device`={self.device!r} is not a device "
+                "(e.g. 'cuda', 'cuda:0', 'cpu' or a torch.device)"
+            )
+
+    def _check_precision(self, problems: Problems) -> None:
+        if self.mixed_precision is None:
+            return
+        if not problems.choice("mixed_precision", self.mixed_precision, (None, *_PRECISIONS)):
+            return
+        if self.fp16 is True and self.mixed_precision != "fp16":
+            problems.add(
+                f"`fp16`=True contradicts `mixed_precision`={self.mixed_precision!r} "
+                "(set one of them: fp16=True is mixed_precision='fp16')"
+            )
+
+    def _is_main_process(self) -> bool:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank() == 0
+        return self.local_rank <= 0
+
+    @property
+    def precision(self) -> str:
+        """The resolved precision: ``'fp32'``, ``'fp16'`` or ``'bf16'``."""
+        if self.mixed_precision in ("fp16", "bf16"):
+            return self.mixed_precision
+        if self.fp16 and self.fp16_opt_level != "O0":
+            return "fp16"
+        return "fp32"
+
+
+@dataclasses.dataclass
+class DistillationConfig(_Config):
+    """Settings of the distillation: the KD loss, its temperature, weights and feature matches.
+
+    Args:
+        temperature: divides both logits before the KD loss.
+        temperature_scheduler: ``'none'``, a key of ``TEMPERATURE_SCHEDULER`` (``'constant'``), or
+            ``[name, *args]`` / ``[name, {kwargs}]`` for builders: ``['flsw', beta, gamma]``,
+            ``['cwsm', beta]``.
+        hard_label_weight: weight of the sum of the student adaptor's ``losses``.
+        hard_label_weight_scheduler: ``'none'`` or a key of ``WEIGHT_SCHEDULER``.
+        kd_loss_type: a key of ``KD_LOSS_MAP`` (``'ce'``, ``'mse'``, ``'kl'``, ``'reverse_kl'``).
+        kd_loss_weight: weight of the KD loss.
+        kd_loss_weight_scheduler: ``'none'`` or a key of ``WEIGHT_SCHEDULER``.
+        probability_shift: swap the teacher's top logit with the true label's before KD (needs
+            the student adaptor's ``labels``).
+        intermediate_matches: list of dicts with keys ``layer_T``, ``layer_S``, ``feature``,
+            ``loss``, ``weight`` and optionally ``proj`` (see ``IntermediateMatch``). Stored as
+            ``IntermediateMatch`` objects.
+        is_caching_logits: run the teacher once over the data before training and reuse its
+            logits every epoch (BasicDistiller and MultiTeacherDistiller, epoch mode).
+
+    Example:
+        >>> config = DistillationConfig(temperature=8, intermediate_matches=[
+        ...     {"layer_T": 4, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse",
+        ...      "weight": 1, "proj": ["linear", 384, 768]}])
+        >>> config.intermediate_matches[0].proj
+        ['linear', 384, 768, {}]
+    """
+
+    temperature: float = 4
+    temperature_scheduler: Any = "none"
+    hard_label_weight: float = 0
+    hard_label_weight_scheduler: str = "none"
+    kd_loss_type: str = "ce"
+    kd_loss_weight: float = 1
+    kd_loss_weight_scheduler: str = "none"
+    probability_shift: bool = False
+    intermediate_matches: list[IntermediateMatch] | None = None
+    is_caching_logits: bool = False
+
+    def __post_init__(self) -> None:
+        problems = Problems("DistillationConfig")
+        problems.number("temperature", self.temperature, positive=True)
+        problems.number("hard_label_weight", self.hard_label_weight)
+        problems.number("kd_loss_weight", self.kd_loss_weight)
+        for field in ("hard_label_weight_scheduler", "kd_loss_weight_scheduler"):
+            value = getattr(self, field)
+            if value != "none":
+                problems.choice(field, value, presets.WEIGHT_SCHEDULER, "WEIGHT_SCHEDULER")
+        problems.choice("kd_loss_type", self.kd_loss_type, presets.KD_LOSS_MAP, "KD_LOSS_MAP")
+        problems.boolean("probability_shift", self.probability_shift)
+        problems.boolean("is_caching_logits", self.is_caching_logits)
+        self._check_temperature_scheduler(problems)
+        self.intermediate_matches = self._build_matches(problems)
+        problems.raise_if_any()
+
+    def _check_temperature_scheduler(self, problems: Problems) -> None:
+        value = self.temperature_scheduler
+        if isinstance(value, tuple):
+            value = self.temperature_scheduler = list(value)
+        if value == "none":
+            return
+        name = value[0] if isinstance(value, list) and value else value
+        field = "temperature_scheduler"
+        if not isinstance(name, str):
+            problems.add(
+                f"`{field}`={value!r} must be 'none', a name, or a list [name, *arguments]"
+            )
+            return
+        if not problems.choice(field, name, presets.TEMPERATURE_SCHEDULER, "TEMPERATURE_SCHEDULER"):
+            return
+        registered = dict.__getitem__(presets.TEMPERATURE_SCHEDULER, name)
+        if isinstance(value, str):
+            if getattr(registered, "needs_arguments", False):
+                problems.add(
+                    f"`{field}`={value!r} needs arguments: write it as a list, e.g. "
+                    "['flsw', beta, gamma] or ['cwsm', beta]"
+                )
+            return
+        try:  # building it once checks the arguments now rather than on the first step
+            presets.TEMPERATURE_SCHEDULER[value]
+        except TypeError as error:
+            problems.add(f"`{field}`={value!r}: the arguments do not fit {name!r} ({error})")
+
+    def _build_matches(self, problems: Problems) -> list[IntermediateMatch] | None:
+        if self.intermediate_matches is None:
+            return None
+        if not isinstance(self.intermediate_matches, (list, tuple)):
+            problems.add(
+                f"`intermediate_matches`={self.intermediate_matches!r} must be a list of dicts"
+            )
+            return None
+        matches = []
+        for index, match in enumerate(self.intermediate_matches):
+            if isinstance(match, IntermediateMatch):
+                match = match.to_dict()
+            matches.append(IntermediateMatch.from_config(match, index, problems))
+        return matches

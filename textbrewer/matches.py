@@ -1,0 +1,158 @@
+"""``IntermediateMatch``: one validated entry of ``DistillationConfig.intermediate_matches``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from textbrewer import losses, presets
+from textbrewer._validation import Problems
+
+TWO_LAYER_LOSSES = frozenset({losses.fsp_loss, losses.mmd_loss})
+"""Built-in losses that take a pair of layers from each side (``fsp``/``gram``, ``nst``/``mmd``)."""
+
+SINGLE_LAYER_LOSSES = frozenset(
+    {
+        losses.att_mse_loss,
+        losses.att_mse_sum_loss,
+        losses.att_ce_loss,
+        losses.att_ce_mean_loss,
+        losses.hid_mse_loss,
+        losses.cos_loss,
+        losses.pkd_loss,
+    }
+)
+"""Built-in losses that take one layer from each side."""
+
+_REQUIRED = ("layer_T", "layer_S", "feature", "loss", "weight")
+_ALL_KEYS = (*_REQUIRED, "proj")
+
+
+@dataclasses.dataclass
+class IntermediateMatch:
+    """One intermediate-feature match between a teacher layer and a student layer.
+
+    Attributes:
+        layer_T: index into the teacher adaptor's ``hidden``/``attention`` list, or a list of two
+            indices for two-layer losses (``fsp``/``gram``, ``nst``/``mmd``).
+        layer_S: the same for the student.
+        feature: a name in ``FEATURES`` (``'hidden'`` or ``'attention'``).
+        loss: a key of ``MATCH_LOSS_MAP``.
+        weight: the match loss's weight in the total loss.
+        proj: ``None``, or ``[kind, dim_in_student, dim_out_teacher, optimizer_options]`` with
+            ``kind`` a key of ``PROJ_MAP``; a projection applied to the student's feature. The
+            options dict (e.g. ``{'lr': 1e-3}``) configures the projection's optimizer param group.
+    """
+
+    layer_T: int | list[int]
+    layer_S: int | list[int]
+    feature: str
+    loss: str
+    weight: float
+    proj: list[Any] | None = None
+
+    @classmethod
+    def from_config(
+        cls, entry: Any, index: int, problems: Problems | None = None
+    ) -> IntermediateMatch:
+        """Validates one config entry (a dict); problems are named ``intermediate_matches[i]``."""
+        own = problems is None
+        problems = problems or Problems("DistillationConfig")
+        prefix = f"intermediate_matches[{index}]"
+        if not isinstance(entry, dict):
+            problems.add(f"`{prefix}`={entry!r} must be a dict with keys {list(_REQUIRED)}")
+            entry = {}
+        unknown = [key for key in entry if key not in _ALL_KEYS]
+        if unknown:
+            problems.add(f"`{prefix}` has unknown key(s) {unknown} (known: {list(_ALL_KEYS)})")
+        missing = [key for key in _REQUIRED if key not in entry]
+        if missing and entry:
+            problems.add(f"`{prefix}` is missing key(s) {missing}")
+        match = cls(**{key: entry.get(key) for key in _ALL_KEYS})
+        if not missing and not unknown:
+            match._check(prefix, problems)
+        if own:
+            problems.raise_if_any()
+        return match
+
+    def _check(self, prefix: str, problems: Problems) -> None:
+        problems.choice(f"{prefix}.feature", self.feature, presets.FEATURES, "FEATURES")
+        problems.number(f"{prefix}.weight", self.weight)
+        if problems.choice(f"{prefix}.loss", self.loss, presets.MATCH_LOSS_MAP, "MATCH_LOSS_MAP"):
+            self._check_layers(prefix, problems)
+        if self.proj is not None:
+            self.proj = _checked_proj(self.proj, prefix, problems)
+
+    def _check_layers(self, prefix: str, problems: Problems) -> None:
+        pairs = {}
+        for side in ("layer_T", "layer_S"):
+            value = getattr(self, side)
+            if isinstance(value, tuple):
+                value = list(value)
+                setattr(self, side, value)
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            is_pair = isinstance(value, list) and len(value) == 2
+            is_pair = is_pair and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            if not (is_int or is_pair):
+                problems.add(f"`{prefix}.{side}`={value!r} must be an int or a list of two ints")
+                return
+            pairs[side] = is_pair
+        function = presets.MATCH_LOSS_MAP[self.loss]
+        wants_pairs = (
+            True
+            if function in TWO_LAYER_LOSSES
+            else False
+            if function in SINGLE_LAYER_LOSSES
+            else None
+        )
+        if wants_pairs is None and pairs["layer_T"] != pairs["layer_S"]:
+            problems.add(
+                f"`{prefix}`: layer_T={self.layer_T!r} and layer_S={self.layer_S!r} must both be "
+                "ints or both be lists of two ints"
+            )
+        for side, is_pair in pairs.items():
+            if wants_pairs is not None and is_pair != wants_pairs:
+                shape = "a list of two layers, e.g. [0, 1]" if wants_pairs else "a single int layer"
+                problems.add(
+                    f"`{prefix}.{side}`={getattr(self, side)!r}: loss {self.loss!r} takes {shape}"
+                )
+
+    @property
+    def is_two_layer(self) -> bool:
+        """Whether the match takes a pair of layers from each side."""
+        return isinstance(self.layer_S, list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the match as a plain dict, as written in a config."""
+        plain = dataclasses.asdict(self)
+        if plain["proj"] is not None:
+            plain["proj"] = list(plain["proj"])
+        return plain
+
+    def __getitem__(self, key: str) -> Any:
+        # 0.2.x scripts sometimes read matches back as dicts: `match['layer_T']`.
+        if key not in _ALL_KEYS:
+            raise KeyError(f"{key!r} is not a match field (known: {list(_ALL_KEYS)})")
+        return getattr(self, key)
+
+
+def _checked_proj(proj: Any, prefix: str, problems: Problems) -> list[Any] | None:
+    field = f"{prefix}.proj"
+    if not isinstance(proj, (list, tuple)) or len(proj) not in (3, 4):
+        problems.add(
+            f"`{field}`={proj!r} must be a list [kind, dim_in_student, dim_out_teacher] with an "
+            "optional 4th element, a dict of optimizer options"
+        )
+        return None
+    kind, dim_in, dim_out, *rest = proj
+    options = rest[0] if rest else {}
+    problems.choice(f"{field}[0]", kind, presets.PROJ_MAP, "PROJ_MAP")
+    problems.integer(f"{field}[1]", dim_in, 1)
+    problems.integer(f"{field}[2]", dim_out, 1)
+    if not isinstance(options, dict):
+        problems.add(
+            f"`{field}[3]`={options!r} must be a dict of optimizer options, e.g. {{'lr': 1e-3}}"
+        )
+    elif "params" in options:
+        problems.add(f"`{field}[3]` must not set 'params': the projection's parameters are used")
+    return [kind, dim_in, dim_out, dict(options) if isinstance(options, dict) else options]
