@@ -1,0 +1,200 @@
+"""Reads a ``train()`` call in either of its two styles into one ``TrainCall``.
+
+The documented style is ``train(optimizer, scheduler, dataloader, num_epochs, num_steps=None,
+callback=None, batch_postprocessor=None, **args)``. TextBrewer 0.2.x scripts call
+``train(optimizer, dataloader, num_epochs, scheduler_class=None, scheduler_args=None,
+scheduler=None, max_grad_norm=-1.0, num_steps=None, callback=None, batch_postprocessor=None,
+**args)``. The style is told apart by the second positional argument: an iterable data source
+means 0.2.x order, anything else (an LR scheduler or ``None``) the documented order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import numbers
+from typing import Any, Callable, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CallStyle:
+    """The positional orders of one distiller's ``train()``."""
+
+    data_name: str
+    documented: tuple[str, ...]
+    legacy: tuple[str, ...]
+    options: tuple[str, ...]
+
+
+SINGLE_SOURCE = CallStyle(
+    data_name="dataloader",
+    documented=(
+        "scheduler",
+        "dataloader",
+        "num_epochs",
+        "num_steps",
+        "callback",
+        "batch_postprocessor",
+    ),
+    legacy=(
+        "dataloader",
+        "num_epochs",
+        "scheduler_class",
+        "scheduler_args",
+        "scheduler",
+        "max_grad_norm",
+        "num_steps",
+        "callback",
+        "batch_postprocessor",
+    ),
+    options=(
+        "scheduler",
+        "dataloader",
+        "num_epochs",
+        "num_steps",
+        "callback",
+        "batch_postprocessor",
+        "scheduler_class",
+        "scheduler_args",
+        "max_grad_norm",
+        "resume_from",
+    ),
+)
+
+MULTI_TASK = CallStyle(
+    data_name="dataloaders",
+    documented=("scheduler", "dataloaders", "num_steps", "tau", "callback", "batch_postprocessors"),
+    legacy=(
+        "dataloaders",
+        "num_steps",
+        "scheduler_class",
+        "scheduler_args",
+        "scheduler",
+        "max_grad_norm",
+        "tau",
+        "callback",
+        "batch_postprocessors",
+    ),
+    options=(
+        "scheduler",
+        "dataloaders",
+        "num_steps",
+        "tau",
+        "callback",
+        "batch_postprocessors",
+        "scheduler_class",
+        "scheduler_args",
+        "max_grad_norm",
+        "resume_from",
+    ),
+)
+
+
+@dataclasses.dataclass
+class TrainCall:
+    """The arguments of one ``train()`` call, whichever style it was written in."""
+
+    optimizer: torch.optim.Optimizer
+    data: Any
+    scheduler: Any = None
+    scheduler_class: Optional[Callable[..., Any]] = None
+    scheduler_args: Optional[dict] = None
+    num_epochs: Optional[int] = None
+    num_steps: Optional[int] = None
+    callback: Optional[Callable[..., Any]] = None
+    batch_postprocessor: Any = None
+    max_grad_norm: float = -1.0
+    resume_from: Any = None
+    tau: float = 1
+    model_args: dict = dataclasses.field(default_factory=dict)
+
+
+def _is_data_source(value: Any) -> bool:
+    is_scheduler = hasattr(value, "step") and hasattr(value, "state_dict")
+    return value is not None and not is_scheduler and hasattr(value, "__iter__")
+
+
+def parse_train_call(
+    style: CallStyle, optimizer: Any, positional: tuple, keywords: dict[str, Any]
+) -> TrainCall:
+    """Maps positional and keyword arguments of ``train()`` onto a checked ``TrainCall``.
+
+    Keywords that are not ``train()`` options are the ``**args`` passed to every model forward.
+
+    Raises:
+        TypeError: too many positionals, an argument given twice, or a wrong type.
+        ValueError: a value out of range, or neither ``num_epochs`` nor ``num_steps``.
+    """
+    legacy = bool(positional) and _is_data_source(positional[0])
+    order = style.legacy if legacy else style.documented
+    if len(positional) > len(order):
+        raise TypeError(
+            f"train() takes at most {len(order) + 1} positional arguments in this order: "
+            f"optimizer, {', '.join(order)}; got {len(positional) + 1}"
+        )
+    values = dict(zip(order, positional))
+    for name, value in keywords.items():
+        if name in values:
+            raise TypeError(f"train() got `{name}` both by position and by keyword")
+        values[name] = value
+    model_args = {name: values.pop(name) for name in list(values) if name not in style.options}
+    if style.data_name not in values:
+        raise TypeError(f"train() is missing `{style.data_name}`")
+    if style is MULTI_TASK:
+        values["batch_postprocessor"] = values.pop("batch_postprocessors", None)
+    call = TrainCall(optimizer=optimizer, data=values.pop(style.data_name), **values)
+    call.model_args = model_args
+    _check(call)
+    return call
+
+
+def _check(call: TrainCall) -> None:
+    if not isinstance(call.optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"`optimizer`={call.optimizer!r} must be a torch.optim.Optimizer "
+            "(built over the student's parameters)"
+        )
+    _check_lengths(call)
+    _check_optional_int("num_epochs", call.num_epochs)
+    _check_optional_int("num_steps", call.num_steps)
+    if isinstance(call.max_grad_norm, bool) or not isinstance(call.max_grad_norm, numbers.Real):
+        raise TypeError(f"`max_grad_norm`={call.max_grad_norm!r} must be a number (<= 0: no clip)")
+    if call.callback is not None and not callable(call.callback):
+        raise TypeError(f"`callback`={call.callback!r} must be callable(model=..., step=...)")
+    if call.scheduler_class is not None and not callable(call.scheduler_class):
+        raise TypeError(f"`scheduler_class`={call.scheduler_class!r} must be callable")
+    if call.scheduler_args is not None and not isinstance(call.scheduler_args, dict):
+        raise TypeError(f"`scheduler_args`={call.scheduler_args!r} must be a dict of keywords")
+    if call.scheduler is not None and not hasattr(call.scheduler, "step"):
+        raise TypeError(f"`scheduler`={call.scheduler!r} must be an LR scheduler (with .step())")
+    if isinstance(call.tau, bool) or not isinstance(call.tau, numbers.Real):
+        raise TypeError(f"`tau`={call.tau!r} must be a number")
+
+
+def _check_lengths(call: TrainCall) -> None:
+    if call.num_steps is None and call.num_epochs is None:
+        raise ValueError(
+            "train() needs `num_epochs` (epoch mode) or `num_steps` (step mode); both are None"
+        )
+    if call.num_steps is not None and call.num_epochs is not None:
+        # TextBrewer 0.2.x documented that num_steps wins; scripts pass both, so do not raise.
+        logger.warning(
+            "train() got num_epochs=%r and num_steps=%r: training by num_steps, num_epochs is "
+            "ignored",
+            call.num_epochs,
+            call.num_steps,
+        )
+        call.num_epochs = None
+
+
+def _check_optional_int(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}`={value!r} must be an int")
+    if value < 1:
+        raise ValueError(f"`{name}`={value!r} must be >= 1")

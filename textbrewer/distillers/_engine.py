@@ -1,0 +1,169 @@
+"""Device, precision and distribution decisions, in one place.
+
+The ``Engine`` owns what differs between a CPU run, a CUDA run, mixed precision and
+DistributedDataParallel, so the training loop reads the same for all of them: it wraps modules,
+opens autocast, scales the loss, and steps the optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from textbrewer.configurations import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(config: TrainingConfig) -> torch.device:
+    """Returns the device to train on; CUDA asked for but absent raises (no silent fallback)."""
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"TrainingConfig `device`={config.device!r} asks for CUDA, which is not available "
+                "on this machine; pass device='cpu' to train on the CPU"
+            )
+        if device.index is None and config.local_rank >= 0:
+            device = torch.device("cuda", config.local_rank)
+    return device
+
+
+def _wants_distributed(config: TrainingConfig) -> bool:
+    if config.local_rank >= 0:
+        return True
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _init_process_group(device: torch.device) -> None:
+    if dist.is_initialized():
+        return
+    missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+               if name not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"TrainingConfig `local_rank`>=0 asks for distributed training, but no process group "
+            f"is initialised and the environment lacks {missing}: launch with `torchrun` or call "
+            "torch.distributed.init_process_group() first"
+        )
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+class Engine:
+    """Applies a ``TrainingConfig``'s device, precision and distribution settings.
+
+    Args:
+        config: the training configuration.
+    """
+
+    def __init__(self, config: TrainingConfig) -> None:
+        self.device = resolve_device(config)
+        self.distributed = _wants_distributed(config)
+        if self.distributed:
+            _init_process_group(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.data_parallel = config.data_parallel
+        self.precision = config.precision
+        if self.precision == "fp16" and self.device.type != "cuda":
+            logger.warning("fp16 autocast on %s is slow and rarely useful; bf16 is the CPU choice",
+                           self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs, shows progress and writes checkpoints (rank 0)."""
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast for the forward passes (a no-op in full precision)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+    def wrap_trainable(self, module: nn.Module) -> nn.Module:
+        """Wraps a trained module (the student, projections) in DDP or DataParallel as configured."""
+        if self.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        if self.data_parallel:
+            return nn.DataParallel(module)
+        return module
+
+    def wrap_teacher(self, module: nn.Module) -> nn.Module:
+        """Teachers need no gradient sync: never DDP, DataParallel only for throughput."""
+        if self.data_parallel and not self.distributed:
+            return nn.DataParallel(module)
+        return module
+
+    @contextlib.contextmanager
+    def gradient_sync(self, modules: Iterable[nn.Module], sync: bool) -> Iterator[None]:
+        """Skips DDP's all-reduce on non-final micro-batches of an accumulated step."""
+        with contextlib.ExitStack() as stack:
+            if not sync:
+                for module in modules:
+                    if isinstance(module, nn.parallel.DistributedDataParallel):
+                        stack.enter_context(module.no_sync())
+            yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagates ``loss``, scaled when fp16 loss scaling is on."""
+        self.scaler.scale(loss).backward()
+
+    def step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        clip_parameters: Iterable[torch.Tensor],
+        max_grad_norm: float,
+    ) -> bool:
+        """Clips (after unscaling), steps the optimizer and updates the scale.
+
+        Returns:
+            Whether the optimizer really stepped: an fp16 step with inf/NaN gradients is skipped,
+            and the caller must not advance the LR scheduler then.
+        """
+        if max_grad_norm > 0:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(list(clip_parameters), max_grad_norm)
+        if not self.scaler.is_enabled():
+            optimizer.step()
+            return True
+        # GradScaler.step already syncs to look for infs; reading the scale back costs no more.
+        scale_before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale_before
+
+    def gather_objects(self, value: object) -> list[object]:
+        """Returns ``value`` from every rank, in rank order (``[value]`` when not distributed)."""
+        if not self.distributed:
+            return [value]
+        gathered: list[object] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank."""
+        if not self.distributed:
+            return flag
+        device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """Returns the module inside a DataParallel/DistributedDataParallel wrapper."""
+    while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        module = module.module
+    return module

@@ -1,0 +1,163 @@
+"""The KD loss on logits, shared by every distiller: selection, shift, temperature, loss."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from textbrewer.distillers._batches import AdaptorResult
+
+TemperatureScheduler = Optional[Callable[[torch.Tensor, torch.Tensor, float], Any]]
+
+
+def select_rows(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Keeps the rows of (batch, length, classes) logits where ``mask`` (batch, length) is set.
+
+    Returns (selected, classes); 2-D logits and a ``None`` mask pass through unchanged. (The
+    selection has a data-dependent size, so on a GPU it waits for the mask's values.)
+    """
+    if mask is None or logits.dim() != 3:
+        return logits
+    return logits[mask.bool()]
+
+
+def probability_shift(logits_T: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A copy of ``logits_T`` with the top class's logit swapped with the true label's.
+
+    Args:
+        logits_T: (rows, classes) or (batch, length, classes) teacher logits.
+        labels: labels of shape ``logits_T.shape[:-1]``; a label < 0 leaves its row unchanged.
+    """
+    if labels.shape != logits_T.shape[:-1]:
+        raise ValueError(
+            f"probability_shift: labels of shape {tuple(labels.shape)} do not fit logits of "
+            f"shape {tuple(logits_T.shape)} (expected {tuple(logits_T.shape[:-1])})"
+        )
+    labels = labels.long().unsqueeze(-1)
+    keep = labels < 0
+    safe_labels = labels.clamp(min=0)
+    top = logits_T.argmax(dim=-1, keepdim=True)
+    top_value = logits_T.gather(-1, top)
+    label_value = logits_T.gather(-1, safe_labels)
+    shifted = logits_T.clone()
+    shifted.scatter_(-1, safe_labels, torch.where(keep, label_value, top_value))
+    shifted.scatter_(-1, top, torch.where(keep, top_value, label_value))
+    return shifted
+
+
+def _mask_for(masks: list[torch.Tensor] | None, index: int) -> torch.Tensor | None:
+    if not masks:
+        return None
+    return masks[0] if len(masks) == 1 else masks[index]
+
+
+def check_lengths(results_S: AdaptorResult, results_T: AdaptorResult) -> None:
+    """Teacher and student must return as many logits (and masks, labels) as each other."""
+    count = len(results_S["logits"])
+    if len(results_T["logits"]) != count:
+        raise ValueError(
+            f"adaptor_T returned {len(results_T['logits'])} logits tensor(s) but adaptor_S "
+            f"returned {count}; each student logits tensor is distilled from one teacher's"
+        )
+    for who, result in (("adaptor_S", results_S), ("adaptor_T", results_T)):
+        masks = result.get("logits_mask")
+        if masks is not None and len(masks) not in (1, count):
+            raise ValueError(
+                f"{who} returned {len(masks)} logits_mask tensor(s) for {count} logits tensor(s); "
+                "give one mask for all, or one per logits tensor"
+            )
+    labels = results_S.get("labels")
+    if labels is not None and len(labels) != count:
+        raise ValueError(
+            f"adaptor_S returned {len(labels)} labels tensor(s) for {count} logits tensor(s)"
+        )
+
+
+class KDLoss:
+    """Computes ``sum_i KD(logits_S[i], logits_T[i], T_i)`` the way the SPEC orders it.
+
+    Per pair: ``logits_mask`` selection, then the probability shift, then the temperature
+    scheduler on that pair, then the KD loss.
+
+    Args:
+        loss: a ``KD_LOSS_MAP`` function ``(logits_S, logits_T, temperature)``.
+        temperature: the base temperature.
+        temperature_scheduler: ``(logits_S, logits_T, base_T) -> T`` or ``None``.
+        probability_shift: whether to shift the teacher's probabilities towards the labels.
+    """
+
+    def __init__(
+        self,
+        loss: Callable[..., torch.Tensor],
+        temperature: float,
+        temperature_scheduler: TemperatureScheduler,
+        probability_shift: bool,
+    ) -> None:
+        self.loss = loss
+        self.temperature = temperature
+        self.temperature_scheduler = temperature_scheduler
+        self.probability_shift = probability_shift
+
+    def __call__(
+        self,
+        logits_S: list[torch.Tensor],
+        logits_T: list[torch.Tensor],
+        masks_S: list[torch.Tensor] | None,
+        masks_T: list[torch.Tensor] | None,
+        labels: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Returns the summed KD loss over the logits pairs."""
+        if self.probability_shift and labels is None:
+            raise ValueError(
+                "DistillationConfig `probability_shift`=True needs the true labels: adaptor_S "
+                "must return 'labels'"
+            )
+        total = None
+        for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
+            mask_S, mask_T = _mask_for(masks_S, index), _mask_for(masks_T, index)
+            student = select_rows(_float32(student), mask_S)
+            teacher = select_rows(_float32(teacher), mask_T)
+            if self.probability_shift:
+                teacher = probability_shift(teacher, select_rows_of_labels(labels[index], mask_S))
+            temperature = self._temperature(student, teacher)
+            loss = self.loss(student, teacher, temperature)
+            total = loss if total is None else total + loss
+        return total
+
+    def _temperature(self, student: torch.Tensor, teacher: torch.Tensor) -> Any:
+        if self.temperature_scheduler is None:
+            return self.temperature
+        temperature = self.temperature_scheduler(
+            student.detach(), teacher.detach(), self.temperature
+        )
+        if callable(temperature):
+            raise TypeError(
+                "the temperature scheduler returned a function: it is a builder that needs its "
+                "arguments, e.g. temperature_scheduler=['flsw', beta, gamma]"
+            )
+        return temperature
+
+
+def sum_of_means(losses: list[torch.Tensor]) -> torch.Tensor:
+    """``sum(loss.mean() for loss in losses)``: the hard-label term."""
+    total = None
+    for loss in losses:
+        mean = _float32(loss).mean()
+        total = mean if total is None else total + mean
+    return total
+
+
+def select_rows_of_labels(labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Selects the labels of the rows ``select_rows`` keeps: (batch, length) -> (selected,)."""
+    if mask is None or labels.dim() != 2:
+        return labels
+    return labels[mask.bool()]
+
+
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    # Under autocast, logits arrive in float16/bfloat16; softmax over a large vocabulary needs
+    # float32 to be accurate, and the loss is computed there.
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        return tensor.float()
+    return tensor

@@ -1,0 +1,104 @@
+"""Loss bookkeeping without per-step host-device syncs.
+
+Losses are kept as device tensors and read back all at once every few optimizer steps (and before
+each checkpoint): that single read feeds tensorboard (every micro-batch still gets its own scalar
+at its own index), the progress bar, and the non-finite loss check.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The total loss became NaN or infinite; training stopped before writing another checkpoint."""
+
+
+class LossLog:
+    """Buffers per-micro-batch losses and flushes them in one read-back.
+
+    Args:
+        writer: a tensorboardX ``SummaryWriter`` or ``None``.
+        progress: a tqdm bar (or ``None``) whose postfix shows the running loss.
+    """
+
+    def __init__(self, writer: Any = None, progress: Any = None) -> None:
+        self.writer = writer
+        self.progress = progress
+        self._pending: list[tuple[int, int, torch.Tensor, dict[str, Any]]] = []
+
+    def record(
+        self, micro_index: int, global_step: int, total: torch.Tensor, parts: dict[str, Any]
+    ) -> None:
+        """Keeps one micro-batch's losses (``global_step`` = the optimizer step it feeds)."""
+        # Detached, not read: reading here would sync the device on every micro-batch.
+        detached = {name: _detached(value) for name, value in parts.items()}
+        self._pending.append((micro_index, global_step, _detached(total), detached))
+
+    def flush(self, engine: Any = None) -> None:
+        """Reads everything pending back at once; writes scalars; raises on a non-finite total.
+
+        Raises:
+            NonFiniteLossError: naming the first bad micro-batch's step and its loss parts.
+        """
+        if not self._pending:
+            bad = engine.any_rank(False) if engine is not None else False
+            if bad:
+                raise NonFiniteLossError("the total loss became non-finite on another rank")
+            return
+        pending, self._pending = self._pending, []
+        flat = [total for _, _, total, _ in pending]
+        for _, _, _, parts in pending:
+            flat.extend(parts.values())
+        values = torch.stack([value.float().to(flat[0].device) for value in flat]).tolist()
+        totals, part_values = values[: len(pending)], iter(values[len(pending) :])
+        rows = []
+        for (micro_index, step, _, parts), total in zip(pending, totals):
+            rows.append((micro_index, step, total, {name: next(part_values) for name in parts}))
+        self._check_finite(rows, engine)
+        self._write(rows)
+
+    def _check_finite(self, rows: list, engine: Any) -> None:
+        bad = next((row for row in rows if not math.isfinite(row[2])), None)
+        elsewhere = engine.any_rank(bad is not None) if engine is not None else bad is not None
+        if bad is None and not elsewhere:
+            return
+        if bad is None:
+            raise NonFiniteLossError("the total loss became non-finite on another rank")
+        micro_index, step, total, parts = bad
+        listed = ", ".join(f"{name}={value:.6g}" for name, value in parts.items())
+        raise NonFiniteLossError(
+            f"the total loss is {total} at optimizer step {step} (micro-batch {micro_index}); "
+            f"loss parts: {listed or 'none'}. Training stopped; checkpoints written so far are "
+            "intact"
+        )
+
+    def _write(self, rows: list) -> None:
+        if self.writer is not None:
+            for micro_index, _, total, parts in rows:
+                self.writer.add_scalar("scalar/total_loss", total, micro_index)
+                for name, value in parts.items():
+                    self.writer.add_scalar(f"scalar/{name}", value, micro_index)
+        if self.progress is not None and rows:
+            running = sum(row[2] for row in rows) / len(rows)
+            self.progress.set_postfix(loss=f"{running:.4g}", refresh=False)
+
+    def close(self) -> None:
+        """Drops anything not flushed (training failed) and closes the writer and progress bar."""
+        self._pending = []
+        if self.writer is not None:
+            self.writer.close()
+        if self.progress is not None:
+            self.progress.close()
+
+
+def _detached(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    return torch.tensor(float(value))

@@ -1,0 +1,252 @@
+"""Intermediate-feature matches: projections, per-match losses, and hook-based custom matches.
+
+Used by composition in ``GeneralDistiller`` and ``MultiTaskDistiller``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from textbrewer import presets
+from textbrewer.distillers._batches import AdaptorResult
+from textbrewer.distillers._kd import _float32
+from textbrewer.matches import TWO_LAYER_LOSSES, IntermediateMatch
+
+# Built-in losses whose student and teacher inputs must have equal shapes (nst/mmd need not).
+_EQUAL_SHAPE_LOSSES = frozenset(
+    presets.MATCH_LOSS_MAP[name]
+    for name in (
+        "hidden_mse",
+        "cos",
+        "pkd",
+        "attention_mse",
+        "attention_mse_sum",
+        "attention_ce",
+        "attention_ce_mean",
+        "fsp",
+    )
+)
+
+
+class ProjectionBank(nn.Module):
+    """The trainable projections of the matches, applied in one call per step.
+
+    One call per step keeps DistributedDataParallel's one-forward-per-backward contract when the
+    bank is wrapped in it.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, features: list[torch.Tensor], which: list[int]) -> list[torch.Tensor]:
+        """Returns ``[layers[w](x) for x, w in zip(features, which)]``."""
+        return [self.layers[index](feature) for feature, index in zip(features, which)]
+
+
+@dataclasses.dataclass
+class CustomMatch:
+    """A match between the outputs of two modules, captured with forward hooks.
+
+    Attributes:
+        module_T: a submodule of the teacher.
+        module_S: a submodule of the student.
+        weight: the loss weight.
+        loss: ``loss(out_S, out_T, mask_S, mask_T) -> scalar``.
+        proj_func: optional callable applied to the student's output (trained if a module).
+        proj_group: optimizer options for ``proj_func``'s parameters (e.g. ``{'lr': 1e-3}``).
+    """
+
+    module_T: nn.Module
+    module_S: nn.Module
+    weight: float
+    loss: Callable[..., torch.Tensor]
+    proj_func: Callable[[Any], Any] | None = None
+    proj_group: dict | None = None
+    proj_call: Callable[[Any], Any] | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def from_entry(cls, entry: Any, index: int) -> CustomMatch:
+        """Accepts a dict or an object with the attributes above."""
+        fields = [field.name for field in dataclasses.fields(cls) if field.name != "proj_call"]
+        get = entry.get if isinstance(entry, dict) else lambda key, default=None: getattr(
+            entry, key, default
+        )
+        values = {name: get(name, None) for name in fields}
+        for name in ("module_T", "module_S"):
+            if not isinstance(values[name], nn.Module):
+                raise TypeError(f"custom_matches[{index}].{name} must be an nn.Module")
+        if not callable(values["loss"]):
+            raise TypeError(f"custom_matches[{index}].loss must be callable")
+        if values["weight"] is None:
+            raise ValueError(f"custom_matches[{index}] needs a `weight`")
+        return cls(**values)
+
+
+class _OutputCatcher:
+    def __init__(self) -> None:
+        self.output: Any = None
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self.output = output
+
+
+class MatchComputer:
+    """Computes the weighted intermediate losses of a list of matches.
+
+    Args:
+        matches: the config's ``IntermediateMatch`` list (may be empty).
+        custom_matches: dicts/objects for ``CustomMatch``.
+        device: where projections live.
+    """
+
+    def __init__(
+        self,
+        matches: Sequence[IntermediateMatch],
+        custom_matches: Sequence[Any] | None,
+        device: torch.device,
+    ) -> None:
+        self.matches = list(matches)
+        layers, self.projection_of, self.param_options = [], {}, []
+        for index, match in enumerate(self.matches):
+            if match.proj is not None:
+                kind, dim_in, dim_out, options = match.proj
+                self.projection_of[index] = len(layers)
+                layers.append(presets.PROJ_MAP[kind](dim_in, dim_out))
+                self.param_options.append(options)
+        self.projections = ProjectionBank(layers).to(device)
+        self.project: nn.Module = self.projections
+        self.custom = [CustomMatch.from_entry(entry, i) for i, entry in enumerate(custom_matches or [])]
+        self._catchers = []
+        for custom in self.custom:
+            pair = (_OutputCatcher(), _OutputCatcher())
+            custom.module_T.register_forward_hook(pair[0])
+            custom.module_S.register_forward_hook(pair[1])
+            self._catchers.append(pair)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One optimizer param group per projection (match order), then per custom projection."""
+        groups = [
+            {"params": list(layer.parameters()), **options}
+            for layer, options in zip(self.projections.layers, self.param_options)
+        ]
+        for custom in self.custom:
+            if isinstance(custom.proj_func, nn.Module):
+                groups.append({"params": list(custom.proj_func.parameters()),
+                               **(custom.proj_group or {})})
+        return groups
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules other than the student that the optimizer trains."""
+        modules = [self.projections] if len(self.projections.layers) else []
+        return modules + [c.proj_func for c in self.custom if isinstance(c.proj_func, nn.Module)]
+
+    def use_wrapped(self, wrapped: list[nn.Module]) -> None:
+        """Calls the projections through ``wrapped`` (``trainable_modules()`` order) from now on."""
+        wrapped = list(wrapped)
+        if len(self.projections.layers):
+            self.project = wrapped.pop(0)
+        for custom in self.custom:
+            if isinstance(custom.proj_func, nn.Module):
+                custom.proj_call = wrapped.pop(0)
+
+    def __call__(
+        self, results_S: AdaptorResult, results_T: AdaptorResult
+    ) -> list[tuple[str, torch.Tensor, float]]:
+        """Returns ``(part_name, unweighted_loss, weight)`` for every match, in order."""
+        parts = []
+        if self.matches:
+            features_S = [self._features(results_S, m, i, "S") for i, m in enumerate(self.matches)]
+            features_S = self._projected(features_S)
+            mask = results_S.get("inputs_mask")
+            for index, (match, student) in enumerate(zip(self.matches, features_S)):
+                teacher = self._features(results_T, match, index, "T")
+                function = presets.MATCH_LOSS_MAP[match.loss]
+                _check_shapes(function, student, teacher, match, index)
+                loss = function(student, teacher, mask=mask)
+                parts.append((_part_name(match), loss, match.weight))
+        parts.extend(self._custom_parts(results_S, results_T))
+        return parts
+
+    def _features(self, results: AdaptorResult, match: IntermediateMatch, index: int, side: str):
+        who = f"adaptor_{side}"
+        if match.feature not in results:
+            raise KeyError(
+                f"intermediate_matches[{index}] ({_part_name(match)[len('unweighted_'):]}) needs "
+                f"{who} to return {match.feature!r}; it returned keys {sorted(results)}"
+            )
+        layers = results[match.feature]
+        wanted = getattr(match, f"layer_{side}")
+        picks = wanted if isinstance(wanted, list) else [wanted]
+        for layer in picks:
+            if not -len(layers) <= layer < len(layers):
+                raise IndexError(
+                    f"intermediate_matches[{index}]: layer_{side}={layer} is out of range of "
+                    f"{who}'s {match.feature!r} list of length {len(layers)}"
+                )
+        chosen = [_float32(layers[layer]) for layer in picks]
+        return chosen if isinstance(wanted, list) else chosen[0]
+
+    def _projected(self, features: list[Any]) -> list[Any]:
+        if not self.projection_of:
+            return features
+        flat, which, places = [], [], []
+        for index, projection in self.projection_of.items():
+            items = features[index] if isinstance(features[index], list) else [features[index]]
+            for position, item in enumerate(items):
+                flat.append(item)
+                which.append(projection)
+                places.append((index, position))
+        projected = self.project(flat, which)
+        for (index, position), value in zip(places, projected):
+            if isinstance(features[index], list):
+                features[index] = list(features[index])
+                features[index][position] = value
+            else:
+                features[index] = value
+        return features
+
+    def _custom_parts(self, results_S: AdaptorResult, results_T: AdaptorResult):
+        parts = []
+        for index, (custom, (catch_T, catch_S)) in enumerate(zip(self.custom, self._catchers)):
+            out_T, out_S = catch_T.output, catch_S.output
+            if out_T is None or out_S is None:
+                raise RuntimeError(
+                    f"custom_matches[{index}]: module_{'T' if out_T is None else 'S'} did not run "
+                    "in this step's forward pass; is it a submodule of that model?"
+                )
+            catch_T.output = catch_S.output = None  # do not keep activations past the step
+            if custom.proj_func is not None:
+                out_S = (custom.proj_call or custom.proj_func)(out_S)
+            loss = custom.loss(
+                out_S, out_T, results_S.get("inputs_mask"), results_T.get("inputs_mask")
+            )
+            parts.append((f"unweighted_custom_match_{index}", loss, custom.weight))
+        return parts
+
+
+def _part_name(match: IntermediateMatch) -> str:
+    def layer(value: Any) -> str:
+        return "-".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return f"unweighted_{match.feature}_{match.loss}_{layer(match.layer_S)}_{layer(match.layer_T)}"
+
+
+def _check_shapes(function: Any, student: Any, teacher: Any, match: IntermediateMatch, index: int):
+    if function not in _EQUAL_SHAPE_LOSSES:
+        return
+    pairs = zip(student, teacher) if function in TWO_LAYER_LOSSES else [(student, teacher)]
+    for tensor_S, tensor_T in pairs:
+        if tensor_S.shape != tensor_T.shape:
+            raise ValueError(
+                f"intermediate_matches[{index}] ({match.feature}, loss {match.loss!r}, "
+                f"layer_S={match.layer_S}, layer_T={match.layer_T}): student shape "
+                f"{tuple(tensor_S.shape)} != teacher shape {tuple(tensor_T.shape)}; add "
+                f"'proj': ['linear', {tensor_S.shape[-1]}, {tensor_T.shape[-1]}] to project "
+                "the student's feature"
+            )

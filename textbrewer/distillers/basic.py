@@ -1,0 +1,179 @@
+"""``BasicDistiller``: single-teacher distillation of logits plus the hard-label loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from textbrewer.configurations import DistillationConfig, TrainingConfig
+from textbrewer.distillers._arguments import TrainCall
+from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device, split_batch
+from textbrewer.distillers._plans import CachedPasses
+from textbrewer.distillers.base import (
+    AbstractDistiller,
+    LossParts,
+    check_module,
+    checked_adaptor,
+    combine_parts,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class CachedBatch:
+    """A batch stored on the device with its teachers' logits (on the CPU) by logits caching.
+
+    Attributes:
+        batch: the post-processed batch, already on the device.
+        logits_T: per teacher, the list of logits tensors its adaptor returned.
+    """
+
+    batch: Any
+    logits_T: list[list[torch.Tensor]]
+
+
+class BasicDistiller(AbstractDistiller):
+    """Distils a teacher's logits into a student: ``kd_loss_weight * KD + hard_label_weight * HL``.
+
+    Args:
+        train_config: training settings.
+        distill_config: distillation settings (intermediate matches are not used here).
+        model_T: the teacher, run in eval mode without gradients.
+        model_S: the student.
+        adaptor_T: ``adaptor_T(batch, teacher_outputs) -> dict``.
+        adaptor_S: ``adaptor_S(batch, student_outputs) -> dict``.
+
+    Example:
+        >>> teacher, student = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+        >>> adaptor = lambda batch, outputs: {"logits": outputs}
+        >>> distiller = BasicDistiller(
+        ...     TrainingConfig(device="cpu", output_dir=tmp_dir, progress_bar=False),
+        ...     DistillationConfig(temperature=2), teacher, student, adaptor, adaptor)
+        >>> data = [(torch.randn(8, 4),) for _ in range(4)]
+        >>> optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+        >>> with distiller:
+        ...     distiller.train(optimizer, None, data, num_epochs=2)
+        >>> sorted(os.listdir(tmp_dir))
+        ['gs4.pkl', 'gs8.pkl']
+    """
+
+    _supports_caching = True
+
+    def __init__(
+        self,
+        train_config: TrainingConfig,
+        distill_config: DistillationConfig,
+        model_T: nn.Module,
+        model_S: nn.Module,
+        adaptor_T: Any,
+        adaptor_S: Any,
+    ) -> None:
+        check_module("model_T", model_T)
+        super().__init__(train_config, distill_config, model_S, checked_adaptor("adaptor_S", adaptor_S))
+        self.model_T = model_T.to(self.device)
+        self.adaptor_T = checked_adaptor("adaptor_T", adaptor_T)
+        if distill_config.is_caching_logits and not self._supports_caching:
+            logger.warning(
+                "%s ignores is_caching_logits=True: caching works in BasicDistiller and "
+                "MultiTeacherDistiller",
+                type(self).__name__,
+            )
+
+    def teachers(self) -> list[nn.Module]:
+        """The teacher model."""
+        return [self.model_T]
+
+    def train_on_batch(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
+        """Teacher forward (or its cached outputs), student forward, adaptors, ``compute_loss``."""
+        if isinstance(batch, CachedBatch):
+            return self._train_on_cached(batch, args)
+        raw_T, raw_S, cache = split_batch(batch)
+        batch_T = move_to_device(raw_T, self.device)
+        with self._engine.autocast():
+            if cache is not None:
+                outputs_T = move_to_device(cache, self.device)
+            else:
+                outputs_T = self._teacher_outputs(self.model_T, batch_T, args)
+            batch_S = batch_T if raw_S is raw_T else move_to_device(raw_S, self.device)
+            outputs_S = call_model(self.model_S, batch_S, args)
+        results_T = self._check_result(self.adaptor_T(batch_T, outputs_T), "adaptor_T")
+        results_S = self._check_result(self.adaptor_S(batch_S, outputs_S), "adaptor_S")
+        return self._loss_without_autocast(results_S, results_T)
+
+    def compute_loss(
+        self, results_S: AdaptorResult, results_T: AdaptorResult
+    ) -> tuple[torch.Tensor, LossParts]:
+        """KD on the logits (when both adaptors return them) plus the hard-label term.
+
+        Returns:
+            ``(total, parts)`` with parts ``unweighted_kd_loss`` and
+            ``unweighted_hard_label_loss`` where their inputs are present.
+        """
+        return combine_parts(self._logits_and_label_parts(results_S, results_T))
+
+    # ----------------------------------------------------------------- logits caching
+    def _build_plan(self, call: TrainCall) -> Any:
+        if not self.d_config.is_caching_logits or not self._supports_caching:
+            return super()._build_plan(call)
+        if call.num_steps is not None:
+            raise ValueError(
+                "is_caching_logits=True works in epoch mode only (train with num_epochs); the "
+                f"call asks for num_steps={call.num_steps}"
+            )
+        entries = self._cache_teacher_logits(call)
+        return self._epoch_plan(
+            dataclasses.replace(call, batch_postprocessor=None), CachedPasses(entries), len(entries)
+        )
+
+    def _cache_teacher_logits(self, call: TrainCall) -> list[CachedBatch]:
+        logger.info("Caching the teacher's logits over the dataloader")
+        previous = [teacher.training for teacher in self.teachers()]
+        for teacher in self.teachers():
+            teacher.eval()
+        entries = []
+        try:
+            for raw in call.data:
+                if call.batch_postprocessor is not None:
+                    raw = call.batch_postprocessor(raw)
+                batch = move_to_device(raw, self.device)
+                entries.append(CachedBatch(batch, self._teacher_logits(batch, call.model_args)))
+        finally:
+            for teacher, was_training in zip(self.teachers(), previous):
+                teacher.train(was_training)
+        return entries
+
+    def _teacher_logits(self, batch: Any, args: dict[str, Any]) -> list[list[torch.Tensor]]:
+        logits = []
+        for index, (teacher, adaptor) in enumerate(zip(self.teachers(), self._adaptors_T())):
+            raw_T, _, _ = split_batch(batch)
+            with self._engine.autocast():
+                outputs = self._teacher_outputs(teacher, raw_T, args)
+            result = self._check_result(adaptor(raw_T, outputs), f"adaptor_T[{index}]")
+            if "logits" not in result:
+                raise ValueError("is_caching_logits=True needs adaptor_T to return 'logits'")
+            logits.append([tensor.detach().cpu() for tensor in result["logits"]])
+        return logits
+
+    def _adaptors_T(self) -> list[Any]:
+        return [self.adaptor_T]
+
+    def _train_on_cached(self, cached: CachedBatch, args: dict[str, Any]):
+        _, raw_S, _ = split_batch(cached.batch)
+        with self._engine.autocast():
+            outputs_S = call_model(self.model_S, raw_S, args)
+        results_S = self._check_result(self.adaptor_S(raw_S, outputs_S), "adaptor_S")
+        results_T = []
+        for logits in cached.logits_T:
+            result: AdaptorResult = {"logits": [t.to(self.device, non_blocking=True) for t in logits]}
+            if "logits_mask" in results_S:
+                result["logits_mask"] = results_S["logits_mask"]
+            results_T.append(result)
+        return self._loss_without_autocast(results_S, self._cached_teacher_results(results_T))
+
+    def _cached_teacher_results(self, results_T: list[AdaptorResult]) -> Any:
+        return results_T[0]

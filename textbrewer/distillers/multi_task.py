@@ -1,0 +1,170 @@
+"""``MultiTaskDistiller``: distils one teacher per task into a single multi-task student."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from textbrewer.configurations import DistillationConfig, TrainingConfig
+from textbrewer.distillers._arguments import MULTI_TASK, TrainCall
+from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device, split_batch
+from textbrewer.distillers._matching import MatchComputer
+from textbrewer.distillers._plans import StepPlan, TaskBatch, TaskSampler
+from textbrewer.distillers.base import (
+    AbstractDistiller,
+    LossParts,
+    check_module,
+    checked_adaptor,
+    combine_parts,
+)
+
+
+class MultiTaskDistiller(AbstractDistiller):
+    """Distils several single-task teachers into one student, sampling a task per micro-batch.
+
+    Training is by steps only. Before each micro-batch one task is drawn with
+    ``numpy.random.choice(task_names, p=weights)``, ``weights[k] = n_k**tau / sum_j n_j**tau``
+    (``n`` = ``len(dataloader)``; uniform, ``p=None``, if a dataloader has no length), and that
+    task's dataloader (cycled) supplies the batch. Intermediate matches work as in
+    ``GeneralDistiller``; ``is_caching_logits`` is ignored with a warning.
+
+    ``train(optimizer, scheduler, dataloaders, num_steps, tau=1, callback=None,
+    batch_postprocessors=None, **args)``, or in TextBrewer 0.2.x order ``train(optimizer,
+    dataloaders, num_steps, scheduler_class=..., scheduler_args=..., ...)``.
+
+    Args:
+        train_config: training settings (``ckpt_steps`` required).
+        distill_config: distillation settings.
+        model_T: task name -> teacher.
+        model_S: the student.
+        adaptor_T: task name -> teacher adaptor.
+        adaptor_S: task name -> student adaptor.
+
+    Example:
+        >>> teachers = {"a": torch.nn.Linear(4, 3), "b": torch.nn.Linear(4, 2)}
+        >>> adaptor = lambda batch, outputs: {"logits": outputs}
+        >>> distiller = MultiTaskDistiller(
+        ...     TrainingConfig(device="cpu", output_dir=tmp_dir, ckpt_steps=2),
+        ...     DistillationConfig(), teachers, torch.nn.Linear(4, 3),
+        ...     {"a": adaptor, "b": adaptor}, {"a": adaptor, "b": lambda b, o: {"logits": o[:, :2]}})
+        >>> sorted(distiller.model_T)
+        ['a', 'b']
+    """
+
+    _call_style = MULTI_TASK
+
+    def __init__(
+        self,
+        train_config: TrainingConfig,
+        distill_config: DistillationConfig,
+        model_T: dict[str, nn.Module],
+        model_S: nn.Module,
+        adaptor_T: dict[str, Any],
+        adaptor_S: dict[str, Any],
+    ) -> None:
+        for name, value in (("model_T", model_T), ("adaptor_T", adaptor_T), ("adaptor_S", adaptor_S)):
+            if not isinstance(value, dict) or not value:
+                raise TypeError(f"`{name}` must be a non-empty dict keyed by task name")
+        _check_same_tasks({"model_T": model_T, "adaptor_T": adaptor_T, "adaptor_S": adaptor_S})
+        for task in model_T:
+            check_module(f"model_T[{task!r}]", model_T[task])
+            checked_adaptor(f"adaptor_T[{task!r}]", adaptor_T[task])
+            checked_adaptor(f"adaptor_S[{task!r}]", adaptor_S[task])
+        super().__init__(train_config, distill_config, model_S, adaptor_S)
+        self.model_T = {task: teacher.to(self.device) for task, teacher in model_T.items()}
+        self.adaptor_T = adaptor_T
+        self.matches = MatchComputer(distill_config.intermediate_matches or [], None, self.device)
+        if distill_config.is_caching_logits:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "MultiTaskDistiller ignores is_caching_logits=True (it trains by steps)"
+            )
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task names, in the order of ``model_T``."""
+        return list(self.model_T)
+
+    def teachers(self) -> list[nn.Module]:
+        """The teachers of every task."""
+        return list(self.model_T.values())
+
+    def train_on_batch(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
+        """Forwards of the task's teacher and the student on a ``TaskBatch``, then the loss."""
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(
+                "MultiTaskDistiller.train_on_batch takes a TaskBatch(task, batch), got "
+                f"{type(batch).__name__}"
+            )
+        task = batch.task
+        raw_T, raw_S, cache = split_batch(batch.batch)
+        batch_T = move_to_device(raw_T, self.device)
+        with self._engine.autocast():
+            if cache is not None:
+                outputs_T = move_to_device(cache, self.device)
+            else:
+                outputs_T = self._teacher_outputs(self.model_T[task], batch_T, args)
+            batch_S = batch_T if raw_S is raw_T else move_to_device(raw_S, self.device)
+            outputs_S = call_model(self.model_S, batch_S, args)
+        results_T = self._check_result(self.adaptor_T[task](batch_T, outputs_T), "adaptor_T")
+        results_S = self._check_result(self.adaptor_S[task](batch_S, outputs_S), "adaptor_S")
+        return self._loss_without_autocast(results_S, results_T)
+
+    def compute_loss(
+        self, results_S: AdaptorResult, results_T: AdaptorResult
+    ) -> tuple[torch.Tensor, LossParts]:
+        """KD, hard-label and intermediate-match terms, as in ``GeneralDistiller``."""
+        parts = self._logits_and_label_parts(results_S, results_T)
+        parts.extend(self.matches(results_S, results_T))
+        return combine_parts(parts)
+
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        """One param group per projection."""
+        return self.matches.param_groups()
+
+    def extra_modules(self) -> list[nn.Module]:
+        """The projection bank, if any projection is configured."""
+        return self.matches.trainable_modules()
+
+    def wrap_extra_modules(self, wrapped: list[nn.Module]) -> None:
+        """Uses the (DDP-)wrapped projections for the forward passes."""
+        self.matches.use_wrapped(wrapped)
+
+    def extra_state(self) -> dict[str, Any]:
+        """The projections' weights."""
+        return {"modules": [module.state_dict() for module in self.extra_modules()]}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores the projections' weights."""
+        for module, saved in zip(self.extra_modules(), state.get("modules", [])):
+            module.load_state_dict(saved)
+
+    def _build_plan(self, call: TrainCall) -> StepPlan:
+        if not isinstance(call.data, dict) or not call.data:
+            raise TypeError("`dataloaders` must be a non-empty dict: task name -> dataloader")
+        _check_same_tasks({"model_T": self.model_T, "dataloaders": call.data})
+        postprocessors = call.batch_postprocessor
+        if postprocessors is not None:
+            if not isinstance(postprocessors, dict):
+                raise TypeError("`batch_postprocessors` must be a dict: task name -> callable")
+            unknown = sorted(set(postprocessors) - set(self.model_T))
+            if unknown:
+                raise KeyError(
+                    f"`batch_postprocessors` has task(s) {unknown} not in model_T "
+                    f"(tasks: {sorted(self.model_T)})"
+                )
+        sampler = TaskSampler(call.data, call.tau, postprocessors)
+        return self._step_plan(call, sampler)
+
+
+def _check_same_tasks(named: dict[str, dict]) -> None:
+    (first_name, first), *others = named.items()
+    for name, value in others:
+        if set(value) != set(first):
+            raise KeyError(
+                f"task names differ: `{first_name}` has {sorted(first)}, `{name}` has "
+                f"{sorted(value)}; every dict must be keyed by the same tasks"
+            )

@@ -1,0 +1,75 @@
+"""``BasicTrainer``: supervised training of one model through the same loop as the distillers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from textbrewer.configurations import TrainingConfig
+from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device
+from textbrewer.distillers._kd import sum_of_means
+from textbrewer.distillers.base import AbstractDistiller, LossParts, checked_adaptor
+
+
+class BasicTrainer(AbstractDistiller):
+    """Trains ``model`` on the losses its adaptor returns (e.g. to train a teacher).
+
+    The loss is ``sum(loss.mean() for loss in adaptor(batch, outputs)['losses'])``. ``train()`` is
+    the distillers' ``train()``: same call styles, checkpoints, callbacks and logging (only
+    ``scalar/total_loss`` is written to tensorboard).
+
+    Args:
+        train_config: training settings.
+        model: the model to train.
+        adaptor: ``adaptor(batch, model_outputs) -> {'losses': [...], ...}``.
+
+    Example:
+        >>> class Classifier(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.linear = torch.nn.Linear(4, 2)
+        ...     def forward(self, features, labels):
+        ...         return self.linear(features)
+        >>> model = Classifier()
+        >>> def adaptor(batch, outputs):
+        ...     return {"losses": torch.nn.functional.cross_entropy(outputs, batch[1])}
+        >>> trainer = BasicTrainer(TrainingConfig(device="cpu", output_dir=tmp_dir,
+        ...                                       progress_bar=False), model, adaptor)
+        >>> data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> trainer.train(optimizer, None, data, num_epochs=1)
+        >>> sorted(os.listdir(tmp_dir))
+        ['gs3.pkl']
+    """
+
+    def __init__(self, train_config: TrainingConfig, model: nn.Module, adaptor: Any) -> None:
+        super().__init__(train_config, None, model, checked_adaptor("adaptor", adaptor))
+
+    @property
+    def model(self) -> nn.Module:
+        """The model being trained (the same object as ``model_S``)."""
+        return self.model_S
+
+    @property
+    def adaptor(self) -> Any:
+        """The model's adaptor."""
+        return self.adaptor_S
+
+    def train_on_batch(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
+        """Forward of the model on ``batch``, then ``compute_loss`` on the adaptor's result."""
+        batch = move_to_device(batch, self.device)
+        with self._engine.autocast():
+            outputs = call_model(self.model_S, batch, args)
+        results = self._check_result(self.adaptor_S(batch, outputs), "adaptor")
+        return self._loss_without_autocast(results, None)
+
+    def compute_loss(self, results_S: AdaptorResult, results_T: Any) -> tuple[torch.Tensor, LossParts]:
+        """``sum(loss.mean())`` over the adaptor's ``losses``; no named parts."""
+        if "losses" not in results_S:
+            raise ValueError(
+                "BasicTrainer trains on the adaptor's 'losses', but the adaptor returned only "
+                f"{sorted(results_S)}"
+            )
+        return sum_of_means(results_S["losses"]), {}
