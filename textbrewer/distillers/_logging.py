@@ -56,7 +56,9 @@ class LossLog:
         flat = [total for _, _, total, _ in pending]
         for _, _, _, parts in pending:
             flat.extend(parts.values())
-        values = torch.stack([value.float().to(flat[0].device) for value in flat]).tolist()
+        device = flat[0].device
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+        values = torch.stack([value.to(device, dtype) for value in flat]).tolist()
         totals, part_values = values[: len(pending)], iter(values[len(pending) :])
         rows = []
         for (micro_index, step, _, parts), total in zip(pending, totals):
