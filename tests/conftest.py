@@ -25,7 +25,6 @@ class TinyEncoder(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(dim, classes)
-        self.token_head = nn.Linear(dim, classes)
         self.heads = heads
 
     def forward(self, input_ids, attention_mask, labels):
