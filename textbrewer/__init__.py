@@ -51,5 +51,9 @@ __all__ = [
     "MultiTeacherDistiller",
     "TrainingConfig",
     "__version__",
+    "data_utils",
+    "losses",
+    "presets",
+    "utils",
     "register_new",
 ]

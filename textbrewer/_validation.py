@@ -21,7 +21,7 @@ class ConfigError(ValueError, TypeError):
 
 def format_known(names: Iterable[str]) -> str:
     """Returns ``"'a', 'b', 'c'"`` for the sorted names, for "known: ..." message parts."""
-    return ", ".join(repr(name) for name in sorted(names))
+    return ", ".join(repr(name) for name in sorted(names, key=str))
 
 
 class Problems:
@@ -79,7 +79,7 @@ class Problems:
         except TypeError:  # an unhashable value against a dict's keys
             pass
         place = f" is not in {where}" if where else " is not allowed"
-        self.add(f"`{field}`={value!r}{place} (known: {format_known(map(str, allowed))})")
+        self.add(f"`{field}`={value!r}{place} (known: {format_known(allowed)})")
         return False
 
 

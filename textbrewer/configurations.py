@@ -151,6 +151,11 @@ class TrainingConfig(_Config):
         problems.integer("log_every_n_steps", self.log_every_n_steps, 1)
         self._check_precision(problems)
         problems.raise_if_any()
+        # Stored as strings so that from_dict(to_dict(config)) == config.
+        self.device = str(self.device)
+        self.output_dir = os.fspath(self.output_dir)
+        if self.log_dir is not None:
+            self.log_dir = os.fspath(self.log_dir)
         if self._is_main_process():
             os.makedirs(self.output_dir, exist_ok=True)
 

@@ -61,12 +61,12 @@ class IntermediateMatch:
         prefix = f"intermediate_matches[{index}]"
         if not isinstance(entry, dict):
             problems.add(f"`{prefix}`={entry!r} must be a dict with keys {list(_REQUIRED)}")
-            entry = {}
+            return cls(*(None for _ in _ALL_KEYS))
         unknown = [key for key in entry if key not in _ALL_KEYS]
         if unknown:
             problems.add(f"`{prefix}` has unknown key(s) {unknown} (known: {list(_ALL_KEYS)})")
         missing = [key for key in _REQUIRED if key not in entry]
-        if missing and entry:
+        if missing:
             problems.add(f"`{prefix}` is missing key(s) {missing}")
         match = cls(**{key: entry.get(key) for key in _ALL_KEYS})
         if not missing and not unknown:

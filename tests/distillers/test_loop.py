@@ -80,15 +80,20 @@ def test_checkpoint_is_the_plain_student_state_dict_and_the_only_file(tmp_path):
 
 def test_callback_sees_student_and_student_is_back_in_train_mode(tmp_path):
     distiller, optimizer = basic_distiller(tmp_path)
-    seen = []
+    seen, modes = [], []
 
     def callback(model, step):
         seen.append(model is distiller.model_S)
         model.eval()
 
+    def postprocess(batch):
+        modes.append(distiller.model_S.training)
+        return batch
+
     distiller.train(optimizer, None, make_batches(2), 2, callback=callback,
-                    batch_postprocessor=lambda batch: batch)
+                    batch_postprocessor=postprocess)
     assert seen == [True, True]
+    assert modes == [True, True, True, True]
 
 
 def test_train_sets_modes_and_restores_them(tmp_path):

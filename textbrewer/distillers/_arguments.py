@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import numbers
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 
@@ -101,11 +101,11 @@ class TrainCall:
     optimizer: torch.optim.Optimizer
     data: Any
     scheduler: Any = None
-    scheduler_class: Optional[Callable[..., Any]] = None
-    scheduler_args: Optional[dict] = None
-    num_epochs: Optional[int] = None
-    num_steps: Optional[int] = None
-    callback: Optional[Callable[..., Any]] = None
+    scheduler_class: Callable[..., Any] | None = None
+    scheduler_args: dict | None = None
+    num_epochs: int | None = None
+    num_steps: int | None = None
+    callback: Callable[..., Any] | None = None
     batch_postprocessor: Any = None
     max_grad_norm: float = -1.0
     resume_from: Any = None

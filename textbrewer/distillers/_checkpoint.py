@@ -36,7 +36,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     is removed and an earlier file at ``path`` is left untouched.
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(descriptor, "wb") as writer:
             torch.save(obj, writer)
@@ -71,8 +73,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def find_state_file(resume_from: str | os.PathLike) -> Path:
-    """Resolves ``resume_from`` (a ``gs{N}.pkl``, a ``gs{N}.state.pt``, or an output directory,
-    meaning its latest resumable checkpoint) to a training-state file.
+    """Resolves ``resume_from`` to a training-state file.
+
+    ``resume_from`` is a ``gs{N}.pkl``, a ``gs{N}.state.pt``, or an output directory (meaning its
+    latest resumable checkpoint).
 
     Raises:
         FileNotFoundError: nothing resumable there, with the reason.
@@ -82,8 +86,7 @@ def find_state_file(resume_from: str | os.PathLike) -> Path:
         steps = sorted(
             int(match.group(1))
             for name in os.listdir(path)
-            if (match := _CHECKPOINT_NAME.match(name))
-            and state_path_for(path / name).exists()
+            if (match := _CHECKPOINT_NAME.match(name)) and state_path_for(path / name).exists()
         )
         if not steps:
             raise FileNotFoundError(

@@ -46,8 +46,11 @@ def _wants_distributed(config: TrainingConfig) -> bool:
 def _init_process_group(device: torch.device) -> None:
     if dist.is_initialized():
         return
-    missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-               if name not in os.environ]
+    missing = [
+        name
+        for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        if name not in os.environ
+    ]
     if missing:
         raise RuntimeError(
             f"TrainingConfig `local_rank`>=0 asks for distributed training, but no process group "
@@ -76,8 +79,10 @@ class Engine:
         self.data_parallel = config.data_parallel
         self.precision = config.precision
         if self.precision == "fp16" and self.device.type != "cuda":
-            logger.warning("fp16 autocast on %s is slow and rarely useful; bf16 is the CPU choice",
-                           self.device.type)
+            logger.warning(
+                "fp16 autocast on %s is slow and rarely useful; bf16 is the CPU choice",
+                self.device.type,
+            )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     @property
@@ -92,7 +97,7 @@ class Engine:
         return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
 
     def wrap_trainable(self, module: nn.Module) -> nn.Module:
-        """Wraps a trained module (the student, projections) in DDP or DataParallel as configured."""
+        """Wraps a trained module (student, projections) in DDP or DataParallel, as configured."""
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)

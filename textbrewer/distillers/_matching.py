@@ -74,8 +74,10 @@ class CustomMatch:
     def from_entry(cls, entry: Any, index: int) -> CustomMatch:
         """Accepts a dict or an object with the attributes above."""
         fields = [field.name for field in dataclasses.fields(cls) if field.name != "proj_call"]
-        get = entry.get if isinstance(entry, dict) else lambda key, default=None: getattr(
-            entry, key, default
+        get = (
+            entry.get
+            if isinstance(entry, dict)
+            else lambda key, default=None: getattr(entry, key, default)
         )
         values = {name: get(name, None) for name in fields}
         for name in ("module_T", "module_S"):
@@ -121,7 +123,9 @@ class MatchComputer:
                 self.param_options.append(options)
         self.projections = ProjectionBank(layers).to(device)
         self.project: nn.Module = self.projections
-        self.custom = [CustomMatch.from_entry(entry, i) for i, entry in enumerate(custom_matches or [])]
+        self.custom = [
+            CustomMatch.from_entry(entry, i) for i, entry in enumerate(custom_matches or [])
+        ]
         self._catchers = []
         for custom in self.custom:
             pair = (_OutputCatcher(), _OutputCatcher())
@@ -137,8 +141,9 @@ class MatchComputer:
         ]
         for custom in self.custom:
             if isinstance(custom.proj_func, nn.Module):
-                groups.append({"params": list(custom.proj_func.parameters()),
-                               **(custom.proj_group or {})})
+                groups.append(
+                    {"params": list(custom.proj_func.parameters()), **(custom.proj_group or {})}
+                )
         return groups
 
     def trainable_modules(self) -> list[nn.Module]:
@@ -177,7 +182,7 @@ class MatchComputer:
         who = f"adaptor_{side}"
         if match.feature not in results:
             raise KeyError(
-                f"intermediate_matches[{index}] ({_part_name(match)[len('unweighted_'):]}) needs "
+                f"intermediate_matches[{index}] ({_part_name(match)[len('unweighted_') :]}) needs "
                 f"{who} to return {match.feature!r}; it returned keys {sorted(results)}"
             )
         layers = results[match.feature]

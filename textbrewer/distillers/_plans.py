@@ -350,8 +350,9 @@ class TaskSampler:
         postprocessors: dict[str, Postprocessor] | None,
     ) -> None:
         self.names = list(dataloaders)
-        self.passes = {name: LoaderPasses(data, f"dataloaders[{name!r}]")
-                       for name, data in dataloaders.items()}
+        self.passes = {
+            name: LoaderPasses(data, f"dataloaders[{name!r}]") for name, data in dataloaders.items()
+        }
         self.postprocessors = postprocessors or {}
         if all(hasattr(data, "__len__") for data in dataloaders.values()):
             sizes = [len(dataloaders[name]) ** tau for name in self.names]

@@ -10,34 +10,33 @@ resume) they return from the small hooks ``extra_param_groups``/``extra_state``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from textbrewer import presets
 from textbrewer.configurations import DistillationConfig, TrainingConfig
 from textbrewer.distillers import _checkpoint as ckpt
 from textbrewer.distillers._arguments import SINGLE_SOURCE, CallStyle, TrainCall, parse_train_call
-from textbrewer import presets
 from textbrewer.distillers._batches import AdaptorChecker, AdaptorResult, call_model
 from textbrewer.distillers._engine import Engine, unwrap
 from textbrewer.distillers._kd import KDLoss, check_lengths, sum_of_means
 from textbrewer.distillers._logging import LossLog
 from textbrewer.distillers._plans import CycledLoader, EpochPlan, LoaderPasses, StepPlan
+from textbrewer.distillers._session import (
+    Progress,
+    open_log,
+    prepare_optimizer,
+    resume_training,
+    save_training_state,
+)
 
 logger = logging.getLogger(__name__)
 
 LossParts = dict[str, torch.Tensor]
-
-
-@dataclasses.dataclass
-class _Progress:
-    global_step: int = 0
-    micro_index: int = 0
 
 
 class AbstractDistiller:
@@ -76,7 +75,8 @@ class AbstractDistiller:
             )
         if distill_config is not None and not isinstance(distill_config, DistillationConfig):
             raise TypeError(
-                f"`distill_config` must be a DistillationConfig, got {type(distill_config).__name__}"
+                "`distill_config` must be a DistillationConfig, "
+                f"got {type(distill_config).__name__}"
             )
         check_module("model_S", model_S)
         self.t_config = train_config
@@ -182,12 +182,12 @@ class AbstractDistiller:
         """
         call = parse_train_call(self._call_style, optimizer, args, kwargs)
         plan = self._build_plan(call)
-        scheduler = self._prepare_optimizer(call)
+        scheduler = prepare_optimizer(call, self.extra_param_groups())
         self._reset_weights()
-        progress = _Progress()
+        progress = Progress()
         if call.resume_from is not None:
-            self._resume(call, plan, scheduler, progress)
-        log = self._open_log(plan, progress)
+            resume_training(self, call, plan, scheduler, progress)
+        log = open_log(self._engine, self.t_config, plan.total_steps, progress.global_step)
         previous_modes = self._set_training_modes()
         try:
             with self._wrapped_for_training():
@@ -196,7 +196,7 @@ class AbstractDistiller:
             log.close()
             self._restore_modes(previous_modes)
 
-    def _run(self, call: TrainCall, plan: Any, scheduler: Any, progress: _Progress, log: LossLog):
+    def _run(self, call: TrainCall, plan: Any, scheduler: Any, progress: Progress, log: LossLog):
         engine, optimizer = self._engine, call.optimizer
         accumulation = self.t_config.gradient_accumulation_steps
         optimizer.zero_grad()
@@ -211,9 +211,9 @@ class AbstractDistiller:
             progress.micro_index += 1
             if not micro.ends_step:
                 continue
-            if engine.step(optimizer, unwrap(self.model_S).parameters(), call.max_grad_norm):
-                if scheduler is not None:
-                    scheduler.step()
+            stepped = engine.step(optimizer, unwrap(self.model_S).parameters(), call.max_grad_norm)
+            if stepped and scheduler is not None:  # a skipped fp16 step keeps the LR where it is
+                scheduler.step()
             optimizer.zero_grad()
             progress.global_step += 1
             self._update_weights(progress.global_step / plan.total_steps)
@@ -267,28 +267,6 @@ class AbstractDistiller:
             self.t_config.gradient_accumulation_steps,
         )
 
-    def _prepare_optimizer(self, call: TrainCall) -> Any:
-        present = {id(p) for group in call.optimizer.param_groups for p in group["params"]}
-        new_groups = [
-            group
-            for group in self.extra_param_groups()
-            if not any(id(p) in present for p in group["params"])
-        ]
-        if new_groups and call.scheduler is not None and call.scheduler_class is None:
-            raise ValueError(
-                "a pre-built `scheduler` cannot schedule the projection layers' param groups, "
-                "which train() adds to the optimizer; pass `scheduler_class` and "
-                "`scheduler_args` instead, e.g. scheduler_class=get_linear_schedule_with_warmup, "
-                "scheduler_args={'num_warmup_steps': ..., 'num_training_steps': ...}"
-            )
-        for group in new_groups:
-            call.optimizer.add_param_group(group)
-        if call.scheduler_class is None:
-            return call.scheduler
-        if call.scheduler is not None:
-            logger.warning("both `scheduler` and `scheduler_class` given: scheduler_class is used")
-        return call.scheduler_class(optimizer=call.optimizer, **(call.scheduler_args or {}))
-
     def _reset_weights(self) -> None:
         config = self.d_config
         if config is None:
@@ -299,23 +277,6 @@ class AbstractDistiller:
     def _update_weights(self, fraction_done: float) -> None:
         for name, schedule in self._weight_schedules.items():
             setattr(self, name, schedule(fraction_done))
-
-    def _open_log(self, plan: Any, progress: _Progress) -> LossLog:
-        if not self._engine.is_main:
-            return LossLog()
-        writer = None
-        if self.t_config.log_dir is not None:
-            from tensorboardX import SummaryWriter
-
-            writer = SummaryWriter(log_dir=str(self.t_config.log_dir))
-        bar = tqdm(
-            total=plan.total_steps,
-            initial=progress.global_step,
-            desc="Training",
-            unit="step",
-            disable=not self.t_config.progress_bar,
-        )
-        return LossLog(writer, bar)
 
     @contextlib.contextmanager
     def _wrapped_for_training(self) -> Iterator[None]:
@@ -332,7 +293,7 @@ class AbstractDistiller:
             self.wrap_extra_modules(extras)
             self._ddp_modules = []
 
-    def _checkpoint(self, call: TrainCall, plan: Any, scheduler: Any, progress: _Progress):
+    def _checkpoint(self, call: TrainCall, plan: Any, scheduler: Any, progress: Progress):
         step = progress.global_step
         path = ckpt.checkpoint_path(self.t_config.output_dir, step)
         if self._engine.is_main:
@@ -343,51 +304,7 @@ class AbstractDistiller:
             self.model_S.train()
         if self.t_config.save_training_state:
             # Taken after the callback, so random draws an evaluation makes are part of it.
-            state = self._training_state(call, plan, scheduler, progress)
-            if self._engine.is_main:
-                ckpt.atomic_save(state, ckpt.state_path_for(path))
-
-    def _training_state(self, call: TrainCall, plan: Any, scheduler: Any, progress: _Progress):
-        per_rank = self._engine.gather_objects(
-            {"position": plan.state_dict(), "rng": ckpt.capture_rng_state()}
-        )
-        return {
-            "format": 1,
-            "plan": plan.describe(),
-            "global_step": progress.global_step,
-            "micro_index": progress.micro_index,
-            "student": unwrap(self.model_S).state_dict(),
-            "optimizer": call.optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": self._engine.scaler.state_dict(),
-            "weights": {"kd_loss_weight": self.kd_loss_weight,
-                        "hard_label_weight": self.hard_label_weight},
-            "extra": self.extra_state(),
-            "ranks": per_rank,
-        }
-
-    def _resume(self, call: TrainCall, plan: Any, scheduler: Any, progress: _Progress) -> None:
-        path = ckpt.find_state_file(call.resume_from)
-        state = ckpt.load_state_file(path)
-        if state.get("plan") != plan.describe():
-            raise ValueError(
-                f"cannot resume from {str(path)!r}: it was saved by a run with {state.get('plan')}, "
-                f"this call trains with {plan.describe()}"
-            )
-        unwrap(self.model_S).load_state_dict(state["student"])
-        call.optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            self._engine.scaler.load_state_dict(state["scaler"])
-        self.load_extra_state(state["extra"])
-        self.kd_loss_weight = state["weights"]["kd_loss_weight"]
-        self.hard_label_weight = state["weights"]["hard_label_weight"]
-        progress.global_step, progress.micro_index = state["global_step"], state["micro_index"]
-        mine = state["ranks"][min(self._engine.rank, len(state["ranks"]) - 1)]
-        plan.load_state_dict(mine["position"])
-        ckpt.restore_rng_state(mine["rng"])  # after repositioning the data, which draws too
-        logger.info("Resumed from %s at global step %d", path, progress.global_step)
+            save_training_state(self, call, plan, scheduler, progress, ckpt.state_path_for(path))
 
     # ----------------------------------------------------------------- forward helpers
     def _configure_distillation(self, config: DistillationConfig) -> None:
@@ -419,8 +336,11 @@ class AbstractDistiller:
             parts.append(("unweighted_kd_loss", kd, self.kd_loss_weight))
         if "losses" in results_S:
             parts.append(
-                ("unweighted_hard_label_loss", sum_of_means(results_S["losses"]),
-                 self.hard_label_weight)
+                (
+                    "unweighted_hard_label_loss",
+                    sum_of_means(results_S["losses"]),
+                    self.hard_label_weight,
+                )
             )
         return parts
 

@@ -74,7 +74,9 @@ class BasicDistiller(AbstractDistiller):
         adaptor_S: Any,
     ) -> None:
         check_module("model_T", model_T)
-        super().__init__(train_config, distill_config, model_S, checked_adaptor("adaptor_S", adaptor_S))
+        super().__init__(
+            train_config, distill_config, model_S, checked_adaptor("adaptor_S", adaptor_S)
+        )
         self.model_T = model_T.to(self.device)
         self.adaptor_T = checked_adaptor("adaptor_T", adaptor_T)
         if distill_config.is_caching_logits and not self._supports_caching:
@@ -169,7 +171,9 @@ class BasicDistiller(AbstractDistiller):
         results_S = self._check_result(self.adaptor_S(raw_S, outputs_S), "adaptor_S")
         results_T = []
         for logits in cached.logits_T:
-            result: AdaptorResult = {"logits": [t.to(self.device, non_blocking=True) for t in logits]}
+            result: AdaptorResult = {
+                "logits": [t.to(self.device, non_blocking=True) for t in logits]
+            }
             if "logits_mask" in results_S:
                 result["logits_mask"] = results_S["logits_mask"]
             results_T.append(result)

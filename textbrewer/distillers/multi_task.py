@@ -48,7 +48,8 @@ class MultiTaskDistiller(AbstractDistiller):
         >>> distiller = MultiTaskDistiller(
         ...     TrainingConfig(device="cpu", output_dir=tmp_dir, ckpt_steps=2),
         ...     DistillationConfig(), teachers, torch.nn.Linear(4, 3),
-        ...     {"a": adaptor, "b": adaptor}, {"a": adaptor, "b": lambda b, o: {"logits": o[:, :2]}})
+        ...     {"a": adaptor, "b": adaptor},
+        ...     {"a": adaptor, "b": lambda b, o: {"logits": o[:, :2]}})
         >>> sorted(distiller.model_T)
         ['a', 'b']
     """
@@ -64,7 +65,11 @@ class MultiTaskDistiller(AbstractDistiller):
         adaptor_T: dict[str, Any],
         adaptor_S: dict[str, Any],
     ) -> None:
-        for name, value in (("model_T", model_T), ("adaptor_T", adaptor_T), ("adaptor_S", adaptor_S)):
+        for name, value in (
+            ("model_T", model_T),
+            ("adaptor_T", adaptor_T),
+            ("adaptor_S", adaptor_S),
+        ):
             if not isinstance(value, dict) or not value:
                 raise TypeError(f"`{name}` must be a non-empty dict keyed by task name")
         _check_same_tasks({"model_T": model_T, "adaptor_T": adaptor_T, "adaptor_S": adaptor_S})

@@ -61,7 +61,14 @@ class MultiTeacherDistiller(BasicDistiller):
             )
         for index, adaptor in enumerate(adaptors or [adaptor_T]):
             checked_adaptor(f"adaptor_T[{index}]" if adaptors else "adaptor_T", adaptor)
-        super().__init__(train_config, distill_config, model_T[0], model_S, adaptor_T if adaptors is None else adaptors[0], adaptor_S)
+        super().__init__(
+            train_config,
+            distill_config,
+            model_T[0],
+            model_S,
+            adaptor_T if adaptors is None else adaptors[0],
+            adaptor_S,
+        )
         self.model_T = [teacher.to(self.device) for teacher in model_T]
         self.adaptor_T = adaptor_T
         self._teacher_adaptors = adaptors or [adaptor_T] * len(model_T)

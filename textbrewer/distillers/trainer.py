@@ -65,7 +65,9 @@ class BasicTrainer(AbstractDistiller):
         results = self._check_result(self.adaptor_S(batch, outputs), "adaptor")
         return self._loss_without_autocast(results, None)
 
-    def compute_loss(self, results_S: AdaptorResult, results_T: Any) -> tuple[torch.Tensor, LossParts]:
+    def compute_loss(
+        self, results_S: AdaptorResult, results_T: Any
+    ) -> tuple[torch.Tensor, LossParts]:
         """``sum(loss.mean())`` over the adaptor's ``losses``; no named parts."""
         if "losses" not in results_S:
             raise ValueError(
