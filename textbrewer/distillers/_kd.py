@@ -116,8 +116,8 @@ class KDLoss:
         total = None
         for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
             mask_S, mask_T = _mask_for(masks_S, index), _mask_for(masks_T, index)
-            student = select_rows(_float32(student), mask_S)
-            teacher = select_rows(_float32(teacher), mask_T)
+            student = select_rows(to_float32(student), mask_S)
+            teacher = select_rows(to_float32(teacher), mask_T)
             if self.probability_shift:
                 teacher = probability_shift(teacher, select_rows_of_labels(labels[index], mask_S))
             temperature = self._temperature(student, teacher)
@@ -143,7 +143,7 @@ def sum_of_means(losses: list[torch.Tensor]) -> torch.Tensor:
     """``sum(loss.mean() for loss in losses)``: the hard-label term."""
     total = None
     for loss in losses:
-        mean = _float32(loss).mean()
+        mean = to_float32(loss).mean()
         total = mean if total is None else total + mean
     return total
 
@@ -155,7 +155,8 @@ def select_rows_of_labels(labels: torch.Tensor, mask: torch.Tensor | None) -> to
     return labels[mask.bool()]
 
 
-def _float32(tensor: torch.Tensor) -> torch.Tensor:
+def to_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 if it is float16/bfloat16, else unchanged (float64 stays exact)."""
     # Under autocast, logits arrive in float16/bfloat16; softmax over a large vocabulary needs
     # float32 to be accurate, and the loss is computed there.
     if tensor.dtype in (torch.float16, torch.bfloat16):

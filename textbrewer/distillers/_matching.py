@@ -14,7 +14,7 @@ from torch import nn
 
 from textbrewer import presets
 from textbrewer.distillers._batches import AdaptorResult
-from textbrewer.distillers._kd import _float32
+from textbrewer.distillers._kd import to_float32
 from textbrewer.matches import TWO_LAYER_LOSSES, IntermediateMatch
 
 # Built-in losses whose student and teacher inputs must have equal shapes (nst/mmd need not).
@@ -194,7 +194,7 @@ class MatchComputer:
                     f"intermediate_matches[{index}]: layer_{side}={layer} is out of range of "
                     f"{who}'s {match.feature!r} list of length {len(layers)}"
                 )
-        chosen = [_float32(layers[layer]) for layer in picks]
+        chosen = [to_float32(layers[layer]) for layer in picks]
         return chosen if isinstance(wanted, list) else chosen[0]
 
     def _projected(self, features: list[Any]) -> list[Any]:

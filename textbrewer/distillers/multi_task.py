@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ from textbrewer.distillers.base import (
     checked_adaptor,
     combine_parts,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class MultiTaskDistiller(AbstractDistiller):
@@ -82,11 +85,7 @@ class MultiTaskDistiller(AbstractDistiller):
         self.adaptor_T = adaptor_T
         self.matches = MatchComputer(distill_config.intermediate_matches or [], None, self.device)
         if distill_config.is_caching_logits:
-            import logging
-
-            logging.getLogger(__name__).warning(
-                "MultiTaskDistiller ignores is_caching_logits=True (it trains by steps)"
-            )
+            logger.warning("MultiTaskDistiller ignores is_caching_logits=True (it trains by steps)")
 
     @property
     def tasks(self) -> list[str]:

@@ -9,7 +9,7 @@ from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
 from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device, split_batch
-from textbrewer.distillers._kd import _float32, select_rows
+from textbrewer.distillers._kd import select_rows, to_float32
 from textbrewer.distillers.base import LossParts, check_module, checked_adaptor, combine_parts
 from textbrewer.distillers.basic import BasicDistiller, CachedBatch
 
@@ -121,6 +121,8 @@ def _averaged(results_T: list[AdaptorResult]) -> AdaptorResult:
     averaged = []
     for position in range(count):
         mask = None if not masks else masks[0] if len(masks) == 1 else masks[position]
-        selected = [select_rows(_float32(result["logits"][position]), mask) for result in results_T]
+        selected = [
+            select_rows(to_float32(result["logits"][position]), mask) for result in results_T
+        ]
         averaged.append(sum(selected) / len(selected))
     return {"logits": averaged}
