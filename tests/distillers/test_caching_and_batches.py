@@ -31,8 +31,12 @@ def test_caching_runs_the_teacher_once_per_batch_and_uses_its_logits(tmp_path):
             return super().compute_loss(results_S, results_T)
 
     distiller = Recorder(
-        training_config(tmp_path), textbrewer.DistillationConfig(is_caching_logits=True),
-        counting, student, simple_adaptor, simple_adaptor,
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(is_caching_logits=True),
+        counting,
+        student,
+        simple_adaptor,
+        simple_adaptor,
     )
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, batches, 3)
     assert counting.calls == 5
@@ -53,8 +57,12 @@ def test_caching_shuffles_with_python_random_each_epoch(tmp_path):
         return simple_adaptor(batch, outputs)
 
     distiller = textbrewer.BasicDistiller(
-        training_config(tmp_path), textbrewer.DistillationConfig(is_caching_logits=True),
-        teacher, student, simple_adaptor, adaptor,
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(is_caching_logits=True),
+        teacher,
+        student,
+        simple_adaptor,
+        adaptor,
     )
     random.seed(3)
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, batches, 2)
@@ -69,18 +77,29 @@ def test_caching_shuffles_with_python_random_each_epoch(tmp_path):
 def test_caching_in_step_mode_raises(tmp_path):
     teacher, student = make_models()
     distiller = textbrewer.BasicDistiller(
-        training_config(tmp_path, ckpt_steps=1), textbrewer.DistillationConfig(
-            is_caching_logits=True), teacher, student, simple_adaptor, simple_adaptor)
+        training_config(tmp_path, ckpt_steps=1),
+        textbrewer.DistillationConfig(is_caching_logits=True),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+    )
     with pytest.raises(ValueError, match="epoch mode only"):
-        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(2),
-                        None, num_steps=2)
+        distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(2), None, num_steps=2
+        )
 
 
 def test_general_distiller_ignores_caching_with_a_warning(tmp_path, caplog):
     teacher, student = make_models()
     textbrewer.GeneralDistiller(
-        training_config(tmp_path), textbrewer.DistillationConfig(is_caching_logits=True),
-        teacher, student, simple_adaptor, simple_adaptor)
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(is_caching_logits=True),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+    )
     assert "ignores is_caching_logits" in caplog.text
 
 
@@ -99,8 +118,13 @@ def test_teacher_and_student_sub_batches_and_teacher_cache(tmp_path):
 
     split = [{"teacher": b, "student": b, "teacher_cache": (torch.ones(4, 3),)} for b in batches]
     distiller = textbrewer.BasicDistiller(
-        training_config(tmp_path), textbrewer.DistillationConfig(),
-        CountingTeacher(teacher), student, adaptor_T, adaptor_S)
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(),
+        CountingTeacher(teacher),
+        student,
+        adaptor_T,
+        adaptor_S,
+    )
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, split, 1)
     assert distiller.model_T.calls == 0
     teacher_outputs = [item[2] for item in received if item[0] == "T"]
@@ -120,8 +144,13 @@ def test_dict_batches_and_model_args_reach_the_models(tmp_path):
     batches = [{"features": torch.randn(4, 3)} for _ in range(2)]
     adaptor = lambda batch, out: {"logits": out}  # noqa: E731
     distiller = textbrewer.BasicDistiller(
-        training_config(tmp_path), textbrewer.DistillationConfig(), teacher, student, adaptor,
-        adaptor)
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(),
+        teacher,
+        student,
+        adaptor,
+        adaptor,
+    )
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, batches, 1, scale=2.0)
 
 
@@ -131,10 +160,15 @@ def test_custom_matches_add_their_loss_through_forward_hooks(tmp_path):
     batches = make_batches(3)
     l1 = lambda S, T, mask_S, mask_T: (S - T).abs().mean()  # noqa: E731
     distiller = textbrewer.GeneralDistiller(
-        training_config(tmp_path), textbrewer.DistillationConfig(kd_loss_weight=0),
-        teacher, student, simple_adaptor, simple_adaptor,
-        custom_matches=[{"module_T": teacher.head, "module_S": student.head, "weight": 3,
-                         "loss": l1}],
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(kd_loss_weight=0),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+        custom_matches=[
+            {"module_T": teacher.head, "module_S": student.head, "weight": 3, "loss": l1}
+        ],
     )
     parts = []
     original = distiller.compute_loss
@@ -147,7 +181,10 @@ def test_custom_matches_add_their_loss_through_forward_hooks(tmp_path):
     distiller.compute_loss = spy
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, batches, 1)
     assert parts[0] == [
-        "unweighted_custom_match_0", "unweighted_hard_label_loss", "unweighted_kd_loss"]
+        "unweighted_custom_match_0",
+        "unweighted_hard_label_loss",
+        "unweighted_kd_loss",
+    ]
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
     for batch in batches:
         with torch.no_grad():
@@ -165,19 +202,28 @@ def test_subclass_adds_its_own_loss_term_and_it_is_logged(tmp_path, monkeypatch)
     from textbrewer.distillers import _logging
 
     original_write = _logging.LossLog._write
-    monkeypatch.setattr(_logging.LossLog, "_write",
-                        lambda self, rows: (logged.extend(rows), original_write(self, rows)))
+    monkeypatch.setattr(
+        _logging.LossLog,
+        "_write",
+        lambda self, rows: (logged.extend(rows), original_write(self, rows)),
+    )
 
     class WithL2(textbrewer.GeneralDistiller):
         def compute_loss(self, results_S, results_T):
             total, parts = super().compute_loss(results_S, results_T)
-            l2 = sum((p ** 2).sum() for p in self.model_S.parameters())
+            l2 = sum((p**2).sum() for p in self.model_S.parameters())
             parts["l2_penalty"] = l2
             return total + 1e-3 * l2, parts
 
     teacher, student = make_models()
-    distiller = WithL2(training_config(tmp_path), textbrewer.DistillationConfig(), teacher,
-                       student, simple_adaptor, simple_adaptor)
+    distiller = WithL2(
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+    )
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(2), 1)
     assert all("l2_penalty" in parts for _, _, _, parts in logged)
     total, parts = logged[0][2], logged[0][3]

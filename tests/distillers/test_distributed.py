@@ -13,8 +13,14 @@ from tests.conftest import make_batches, make_models, simple_adaptor, training_c
 
 pytestmark = pytest.mark.slow
 
-MATCH = {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-         "proj": ["linear", 6, 8]}
+MATCH = {
+    "layer_T": 3,
+    "layer_S": 2,
+    "feature": "hidden",
+    "loss": "hidden_mse",
+    "weight": 1,
+    "proj": ["linear", 6, 8],
+}
 
 
 def free_port():
@@ -25,32 +31,47 @@ def free_port():
 
 def distill(rank, world_size, batches, workdir, matches):
     teacher, student = make_models(teacher_dim=8, student_dim=6)
-    config = training_config(workdir, local_rank=rank if world_size > 1 else -1,
-                             gradient_accumulation_steps=2, ckpt_frequency=2)
+    config = training_config(
+        workdir,
+        local_rank=rank if world_size > 1 else -1,
+        gradient_accumulation_steps=2,
+        ckpt_frequency=2,
+    )
     distiller = textbrewer.GeneralDistiller(
-        config, textbrewer.DistillationConfig(hard_label_weight=1,
-                                              intermediate_matches=matches),
-        teacher, student, simple_adaptor, simple_adaptor)
+        config,
+        textbrewer.DistillationConfig(hard_label_weight=1, intermediate_matches=matches),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+    )
     distiller.projs.double()
     seen = []
-    distiller.train(torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9), batches, 2,
-                    scheduler_class=torch.optim.lr_scheduler.StepLR,
-                    scheduler_args={"step_size": 2},
-                    callback=lambda model, step: seen.append((type(model).__name__, step)))
+    distiller.train(
+        torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9),
+        batches,
+        2,
+        scheduler_class=torch.optim.lr_scheduler.StepLR,
+        scheduler_args={"step_size": 2},
+        callback=lambda model, step: seen.append((type(model).__name__, step)),
+    )
     return student, distiller, seen
 
 
 def worker(rank, world_size, port, workdir, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size)
+    )
     torch.set_num_threads(1)
     full = make_batches(6, batch_size=4)
     # Each rank gets its half of every batch; unpadded so the means split evenly.
-    halves = [tuple(t[rank * 2:(rank + 1) * 2] for t in batch) for batch in full]
+    halves = [tuple(t[rank * 2 : (rank + 1) * 2] for t in batch) for batch in full]
     halves = [(ids.clamp(min=1), torch.ones_like(mask), labels) for ids, mask, labels in halves]
     student, distiller, seen = distill(rank, world_size, halves, workdir, [MATCH])
-    torch.save({"student": student.state_dict(), "proj": distiller.projs.state_dict(),
-                "seen": seen}, os.path.join(results, f"rank{rank}.pt"))
+    torch.save(
+        {"student": student.state_dict(), "proj": distiller.projs.state_dict(), "seen": seen},
+        os.path.join(results, f"rank{rank}.pt"),
+    )
     torch.distributed.destroy_process_group()
 
 
@@ -67,10 +88,17 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
             torch.testing.assert_close(saved["student"][key], value, rtol=0, atol=1e-6)
         for key, value in distiller.projs.state_dict().items():
             torch.testing.assert_close(saved["proj"][key], value, rtol=0, atol=1e-6)
-    assert ranks[0]["seen"] == ranks[1]["seen"] == [
-        ("DistributedDataParallel", step) for step in (1, 3, 4, 6)]
-    assert sorted(os.listdir(tmp_path / "ddp" / "out")) == ["gs1.pkl", "gs3.pkl", "gs4.pkl",
-                                                            "gs6.pkl"]
+    assert (
+        ranks[0]["seen"]
+        == ranks[1]["seen"]
+        == [("DistributedDataParallel", step) for step in (1, 3, 4, 6)]
+    )
+    assert sorted(os.listdir(tmp_path / "ddp" / "out")) == [
+        "gs1.pkl",
+        "gs3.pkl",
+        "gs4.pkl",
+        "gs6.pkl",
+    ]
 
 
 def test_distributed_sampler_epoch_is_set_before_every_pass():

@@ -9,13 +9,23 @@ import textbrewer
 from tests.conftest import make_batches, make_models, simple_adaptor, training_config
 
 
-def general(tmp_path, matches=None, adaptor_T=simple_adaptor, adaptor_S=simple_adaptor,
-            teacher_dim=8, student_dim=8, **train):
+def general(
+    tmp_path,
+    matches=None,
+    adaptor_T=simple_adaptor,
+    adaptor_S=simple_adaptor,
+    teacher_dim=8,
+    student_dim=8,
+    **train,
+):
     teacher, student = make_models(teacher_dim=teacher_dim, student_dim=student_dim)
     distiller = textbrewer.GeneralDistiller(
         training_config(tmp_path, **train),
-        textbrewer.DistillationConfig(intermediate_matches=matches), teacher, student,
-        adaptor_T, adaptor_S,
+        textbrewer.DistillationConfig(intermediate_matches=matches),
+        teacher,
+        student,
+        adaptor_T,
+        adaptor_S,
     )
     return distiller, torch.optim.SGD(student.parameters(), lr=0.1)
 
@@ -58,15 +68,20 @@ def test_adaptor_unknown_key_is_ignored_with_one_warning(tmp_path, caplog):
 def test_logits_lists_of_different_lengths(tmp_path):
     adaptor = lambda batch, out: {"logits": [out[0], out[0]]}  # noqa: E731
     distiller, optimizer = general(tmp_path, adaptor_T=adaptor)
-    with pytest.raises(ValueError, match="adaptor_T returned 2 logits tensor.*adaptor_S returned 1"):
+    with pytest.raises(
+        ValueError, match="adaptor_T returned 2 logits tensor.*adaptor_S returned 1"
+    ):
         distiller.train(optimizer, None, make_batches(1), 1)
 
 
 def test_match_layer_out_of_range_names_match_index_and_length(tmp_path):
     match = {"layer_T": 7, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
     distiller, optimizer = general(tmp_path, [match])
-    with pytest.raises(IndexError, match=r"intermediate_matches\[0\]: layer_T=7 is out of range "
-                                         r"of adaptor_T's 'hidden' list of length 4"):
+    with pytest.raises(
+        IndexError,
+        match=r"intermediate_matches\[0\]: layer_T=7 is out of range "
+        r"of adaptor_T's 'hidden' list of length 4",
+    ):
         distiller.train(optimizer, None, make_batches(1), 1)
 
 
@@ -81,14 +96,16 @@ def test_match_feature_missing_from_adaptor(tmp_path):
 def test_shape_mismatch_without_proj_names_both_shapes(tmp_path):
     match = {"layer_T": 1, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
     distiller, optimizer = general(tmp_path, [match], teacher_dim=8, student_dim=6)
-    with pytest.raises(ValueError, match=r"student shape \(4, 6, 6\) != teacher shape \(4, 6, 8\)"
-                                         r".*'proj': \['linear', 6, 8\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"student shape \(4, 6, 6\) != teacher shape \(4, 6, 8\)"
+        r".*'proj': \['linear', 6, 8\]",
+    ):
         distiller.train(optimizer, None, make_batches(1), 1)
 
 
 def test_nst_accepts_different_hidden_sizes(tmp_path):
-    match = {"layer_T": [0, 1], "layer_S": [0, 1], "feature": "hidden", "loss": "nst",
-             "weight": 1}
+    match = {"layer_T": [0, 1], "layer_S": [0, 1], "feature": "hidden", "loss": "nst", "weight": 1}
     distiller, optimizer = general(tmp_path, [match], teacher_dim=8, student_dim=6)
     distiller.train(optimizer, None, make_batches(1), 1)
 
@@ -115,19 +132,36 @@ def test_multi_task_names_differ(tmp_path):
     teacher, student = make_models()
     with pytest.raises(KeyError, match=r"task names differ: `model_T` has \['a'\], `adaptor_S`"):
         textbrewer.MultiTaskDistiller(
-            training_config(tmp_path, ckpt_steps=1), textbrewer.DistillationConfig(),
-            {"a": teacher}, student, {"a": simple_adaptor}, {"b": simple_adaptor})
+            training_config(tmp_path, ckpt_steps=1),
+            textbrewer.DistillationConfig(),
+            {"a": teacher},
+            student,
+            {"a": simple_adaptor},
+            {"b": simple_adaptor},
+        )
     distiller = textbrewer.MultiTaskDistiller(
-        training_config(tmp_path, ckpt_steps=1), textbrewer.DistillationConfig(),
-        {"a": teacher}, student, {"a": simple_adaptor}, {"a": simple_adaptor})
+        training_config(tmp_path, ckpt_steps=1),
+        textbrewer.DistillationConfig(),
+        {"a": teacher},
+        student,
+        {"a": simple_adaptor},
+        {"a": simple_adaptor},
+    )
     with pytest.raises(KeyError, match="`dataloaders` has \\['b'\\]"):
-        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None,
-                        {"b": make_batches(1)}, 1)
+        distiller.train(
+            torch.optim.SGD(student.parameters(), lr=0.1), None, {"b": make_batches(1)}, 1
+        )
 
 
 def test_prebuilt_scheduler_with_projections_says_to_use_scheduler_class(tmp_path):
-    match = {"layer_T": 1, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-             "proj": ["linear", 6, 8]}
+    match = {
+        "layer_T": 1,
+        "layer_S": 1,
+        "feature": "hidden",
+        "loss": "hidden_mse",
+        "weight": 1,
+        "proj": ["linear", 6, 8],
+    }
     distiller, optimizer = general(tmp_path, [match], teacher_dim=8, student_dim=6)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
     with pytest.raises(ValueError, match="pass `scheduler_class`"):
@@ -141,8 +175,13 @@ def test_missing_cuda_is_an_error_not_a_fallback(tmp_path):
     teacher, student = make_models()
     with pytest.raises(RuntimeError, match="device`='cuda' asks for CUDA"):
         textbrewer.BasicDistiller(
-            textbrewer.TrainingConfig(output_dir=str(tmp_path)), textbrewer.DistillationConfig(),
-            teacher, student, simple_adaptor, simple_adaptor)
+            textbrewer.TrainingConfig(output_dir=str(tmp_path)),
+            textbrewer.DistillationConfig(),
+            teacher,
+            student,
+            simple_adaptor,
+            simple_adaptor,
+        )
 
 
 @pytest.mark.parametrize(
@@ -169,21 +208,29 @@ def test_constructor_type_errors(tmp_path):
     teacher, student = make_models()
     config = training_config(tmp_path)
     with pytest.raises(TypeError, match="`model_S` must be a torch.nn.Module"):
-        textbrewer.BasicDistiller(config, textbrewer.DistillationConfig(), teacher, "x",
-                                  simple_adaptor, simple_adaptor)
+        textbrewer.BasicDistiller(
+            config, textbrewer.DistillationConfig(), teacher, "x", simple_adaptor, simple_adaptor
+        )
     with pytest.raises(TypeError, match="`adaptor_T` must be callable"):
-        textbrewer.BasicDistiller(config, textbrewer.DistillationConfig(), teacher, student,
-                                  None, simple_adaptor)
+        textbrewer.BasicDistiller(
+            config, textbrewer.DistillationConfig(), teacher, student, None, simple_adaptor
+        )
     with pytest.raises(TypeError, match="`train_config` must be a TrainingConfig"):
-        textbrewer.BasicDistiller({}, textbrewer.DistillationConfig(), teacher, student,
-                                  simple_adaptor, simple_adaptor)
+        textbrewer.BasicDistiller(
+            {}, textbrewer.DistillationConfig(), teacher, student, simple_adaptor, simple_adaptor
+        )
 
 
 def test_probability_shift_without_labels(tmp_path):
     teacher, student = make_models()
     adaptor = lambda batch, out: {"logits": out[0]}  # noqa: E731
     distiller = textbrewer.BasicDistiller(
-        training_config(tmp_path), textbrewer.DistillationConfig(probability_shift=True),
-        teacher, student, adaptor, adaptor)
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(probability_shift=True),
+        teacher,
+        student,
+        adaptor,
+        adaptor,
+    )
     with pytest.raises(ValueError, match="adaptor_S must return 'labels'"):
         distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(1), 1)

@@ -12,8 +12,13 @@ transformers = pytest.importorskip("transformers")
 def tiny_bert(layers, hidden, seed):
     torch.manual_seed(seed)
     config = transformers.BertConfig(
-        vocab_size=40, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=2 * hidden, max_position_embeddings=16, num_labels=3,
+        vocab_size=40,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=16,
+        num_labels=3,
         attn_implementation="eager",
     )
     return transformers.BertForSequenceClassification(config)
@@ -63,16 +68,39 @@ def test_general_distiller_matches_hidden_states_and_attentions_of_bert(tmp_path
     teacher, student = tiny_bert(4, 16, 0), tiny_bert(2, 8, 1)
     loader = torch.utils.data.DataLoader(dataset(), batch_size=8, collate_fn=collate)
     config = textbrewer.DistillationConfig(
-        temperature=2, hard_label_weight=0.5,
+        temperature=2,
+        hard_label_weight=0.5,
         intermediate_matches=[
-            {"layer_T": 0, "layer_S": 0, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-             "proj": ["linear", 8, 16]},
-            {"layer_T": 4, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-             "proj": ["linear", 8, 16]},
-            {"layer_T": 1, "layer_S": 0, "feature": "attention", "loss": "attention_mse",
-             "weight": 1},
-            {"layer_T": 3, "layer_S": 1, "feature": "attention", "loss": "attention_ce",
-             "weight": 1},
+            {
+                "layer_T": 0,
+                "layer_S": 0,
+                "feature": "hidden",
+                "loss": "hidden_mse",
+                "weight": 1,
+                "proj": ["linear", 8, 16],
+            },
+            {
+                "layer_T": 4,
+                "layer_S": 2,
+                "feature": "hidden",
+                "loss": "hidden_mse",
+                "weight": 1,
+                "proj": ["linear", 8, 16],
+            },
+            {
+                "layer_T": 1,
+                "layer_S": 0,
+                "feature": "attention",
+                "loss": "attention_mse",
+                "weight": 1,
+            },
+            {
+                "layer_T": 3,
+                "layer_S": 1,
+                "feature": "attention",
+                "loss": "attention_ce",
+                "weight": 1,
+            },
         ],
     )
     totals = []
@@ -86,8 +114,7 @@ def test_general_distiller_matches_hidden_states_and_attentions_of_bert(tmp_path
     distiller = Recorder(training_config(tmp_path), config, teacher, student, adaptor, adaptor)
     optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
     seen_outputs.clear()
-    distiller.train(optimizer, None, loader, 6, output_hidden_states=True,
-                    output_attentions=True)
+    distiller.train(optimizer, None, loader, 6, output_hidden_states=True, output_attentions=True)
     assert set(seen_outputs) == {transformers.modeling_outputs.SequenceClassifierOutput}
     assert sum(totals[-4:]) < 0.9 * sum(totals[:4])
     fresh = tiny_bert(2, 8, 2)
@@ -97,7 +124,8 @@ def test_general_distiller_matches_hidden_states_and_attentions_of_bert(tmp_path
 def test_basic_trainer_trains_a_bert_teacher_from_dict_batches(tmp_path):
     model = tiny_bert(2, 8, 0)
     loader = torch.utils.data.DataLoader(dataset(), batch_size=8, collate_fn=collate)
-    trainer = textbrewer.BasicTrainer(training_config(tmp_path), model,
-                                      lambda batch, outputs: {"losses": outputs.loss})
+    trainer = textbrewer.BasicTrainer(
+        training_config(tmp_path), model, lambda batch, outputs: {"losses": outputs.loss}
+    )
     trainer.train(torch.optim.AdamW(model.parameters(), lr=1e-2), None, loader, 2)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gs4.pkl", "gs8.pkl"]

@@ -65,9 +65,11 @@ def test_masked_3d_logits_with_shift_and_flsw_match_a_hand_loop(tmp_path):
         labels[:, 0] = -100
         batches.append((ids, mask, labels))
     config = textbrewer.DistillationConfig(
-        temperature=3, temperature_scheduler=["flsw", 0.5, 2], probability_shift=True)
-    distiller = textbrewer.BasicDistiller(training_config(tmp_path), config, teacher, student,
-                                          tag_adaptor, tag_adaptor)
+        temperature=3, temperature_scheduler=["flsw", 0.5, 2], probability_shift=True
+    )
+    distiller = textbrewer.BasicDistiller(
+        training_config(tmp_path), config, teacher, student, tag_adaptor, tag_adaptor
+    )
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.5), None, batches, 2)
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
     for _ in range(2):
@@ -92,13 +94,19 @@ def test_one_mask_per_logits_tensor_selects_each(tmp_path):
 
     textbrewer.KD_LOSS_MAP["spy_mse"] = spy
     try:
+
         def adaptor(batch, outputs):
             everything = torch.ones_like(batch[1])
             return {"logits": [outputs, outputs], "logits_mask": [batch[1], everything]}
 
         distiller = textbrewer.BasicDistiller(
-            training_config(tmp_path), textbrewer.DistillationConfig(kd_loss_type="spy_mse"),
-            teacher, student, adaptor, adaptor)
+            training_config(tmp_path),
+            textbrewer.DistillationConfig(kd_loss_type="spy_mse"),
+            teacher,
+            student,
+            adaptor,
+            adaptor,
+        )
         batches = make_batches(1)
         distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, batches, 1)
     finally:
@@ -110,11 +118,21 @@ def test_one_mask_per_logits_tensor_selects_each(tmp_path):
 def test_data_parallel_flag_still_trains(tmp_path):
     teacher, student = make_models()
     distiller = textbrewer.BasicDistiller(
-        training_config(tmp_path, data_parallel=True), textbrewer.DistillationConfig(),
-        teacher, student, lambda b, o: {"logits": o[0]}, lambda b, o: {"logits": o[0]})
+        training_config(tmp_path, data_parallel=True),
+        textbrewer.DistillationConfig(),
+        teacher,
+        student,
+        lambda b, o: {"logits": o[0]},
+        lambda b, o: {"logits": o[0]},
+    )
     seen = []
-    distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(2), 1,
-                    callback=lambda model, step: seen.append(type(model).__name__))
+    distiller.train(
+        torch.optim.SGD(student.parameters(), lr=0.1),
+        None,
+        make_batches(2),
+        1,
+        callback=lambda model, step: seen.append(type(model).__name__),
+    )
     assert seen == ["DataParallel"]
     assert sorted(torch.load(tmp_path / "out" / "gs2.pkl")) == sorted(student.state_dict())
 
@@ -124,8 +142,13 @@ def test_every_kd_loss_trains_through_the_distiller(tmp_path, name):
     teacher, student = make_models()
     adaptor = lambda b, o: {"logits": o[0]}  # noqa: E731
     distiller = textbrewer.BasicDistiller(
-        training_config(tmp_path), textbrewer.DistillationConfig(kd_loss_type=name), teacher,
-        student, adaptor, adaptor)
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(kd_loss_type=name),
+        teacher,
+        student,
+        adaptor,
+        adaptor,
+    )
     before = copy.deepcopy(student.state_dict())
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(2), 1)
     assert not torch.equal(before["head.weight"], student.state_dict()["head.weight"])

@@ -19,8 +19,12 @@ from tests.conftest import (
 def basic_distiller(tmp_path, dtype=torch.float64, **config):
     teacher, student = make_models(dtype=dtype)
     distiller = textbrewer.BasicDistiller(
-        training_config(tmp_path, **config), textbrewer.DistillationConfig(), teacher, student,
-        simple_adaptor, simple_adaptor,
+        training_config(tmp_path, **config),
+        textbrewer.DistillationConfig(),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
     )
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01)
     return distiller, optimizer
@@ -40,7 +44,10 @@ def test_epoch_mode_checkpoint_steps(tmp_path, batches, epochs, config, expected
     distiller, optimizer = basic_distiller(tmp_path, **config)
     calls = []
     distiller.train(
-        optimizer, None, make_batches(batches), epochs,
+        optimizer,
+        None,
+        make_batches(batches),
+        epochs,
         callback=lambda model, step: calls.append((step, model.training)),
     )
     assert checkpoint_steps(tmp_path / "out") == expected
@@ -50,8 +57,14 @@ def test_epoch_mode_checkpoint_steps(tmp_path, batches, epochs, config, expected
 def test_step_mode_checkpoints_every_ckpt_steps_and_at_the_end(tmp_path):
     distiller, optimizer = basic_distiller(tmp_path, ckpt_steps=4)
     steps = []
-    distiller.train(optimizer, None, make_batches(3), None, num_steps=10,
-                    callback=lambda model, step: steps.append(step))
+    distiller.train(
+        optimizer,
+        None,
+        make_batches(3),
+        None,
+        num_steps=10,
+        callback=lambda model, step: steps.append(step),
+    )
     assert checkpoint_steps(tmp_path / "out") == [4, 8, 10]
     assert steps == [4, 8, 10]
 
@@ -90,8 +103,9 @@ def test_callback_sees_student_and_student_is_back_in_train_mode(tmp_path):
         modes.append(distiller.model_S.training)
         return batch
 
-    distiller.train(optimizer, None, make_batches(2), 2, callback=callback,
-                    batch_postprocessor=postprocess)
+    distiller.train(
+        optimizer, None, make_batches(2), 2, callback=callback, batch_postprocessor=postprocess
+    )
     assert seen == [True, True]
     assert modes == [True, True, True, True]
 
@@ -122,11 +136,13 @@ def test_context_manager_sets_and_restores_modes(tmp_path):
 
 def test_user_config_is_never_mutated_by_weight_schedules(tmp_path):
     teacher, student = make_models()
-    config = textbrewer.DistillationConfig(kd_loss_weight_scheduler="linear_decay",
-                                           hard_label_weight_scheduler="linear_growth")
+    config = textbrewer.DistillationConfig(
+        kd_loss_weight_scheduler="linear_decay", hard_label_weight_scheduler="linear_growth"
+    )
     before = config.to_dict()
-    distiller = textbrewer.BasicDistiller(training_config(tmp_path), config, teacher, student,
-                                          simple_adaptor, simple_adaptor)
+    distiller = textbrewer.BasicDistiller(
+        training_config(tmp_path), config, teacher, student, simple_adaptor, simple_adaptor
+    )
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), None, make_batches(4), 1)
     assert config.to_dict() == before
     assert distiller.kd_loss_weight == 0.0 and distiller.hard_label_weight == 1.0
@@ -160,24 +176,39 @@ def test_tensorboard_gets_every_micro_batch_with_spec_names(tmp_path, fake_write
     config = textbrewer.DistillationConfig(
         hard_label_weight=1,
         intermediate_matches=[
-            {"layer_T": [0, 1], "layer_S": [0, 1], "feature": "hidden", "loss": "fsp",
-             "weight": 1},
-            {"layer_T": 2, "layer_S": 1, "feature": "attention", "loss": "attention_mse",
-             "weight": 1},
+            {"layer_T": [0, 1], "layer_S": [0, 1], "feature": "hidden", "loss": "fsp", "weight": 1},
+            {
+                "layer_T": 2,
+                "layer_S": 1,
+                "feature": "attention",
+                "loss": "attention_mse",
+                "weight": 1,
+            },
         ],
     )
     distiller = textbrewer.GeneralDistiller(
-        training_config(tmp_path, log_dir=str(tmp_path / "logs"), gradient_accumulation_steps=2,
-                        log_every_n_steps=2),
-        config, teacher, student, simple_adaptor, simple_adaptor,
+        training_config(
+            tmp_path,
+            log_dir=str(tmp_path / "logs"),
+            gradient_accumulation_steps=2,
+            log_every_n_steps=2,
+        ),
+        config,
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
     )
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), None, make_batches(5), 2)
     (writer,) = fake_writer.instances
     assert writer.closed
     tags = {tag for tag, _, _ in writer.scalars}
     assert tags == {
-        "scalar/total_loss", "scalar/unweighted_kd_loss", "scalar/unweighted_hard_label_loss",
-        "scalar/unweighted_hidden_fsp_0-1_0-1", "scalar/unweighted_attention_attention_mse_1_2",
+        "scalar/total_loss",
+        "scalar/unweighted_kd_loss",
+        "scalar/unweighted_hard_label_loss",
+        "scalar/unweighted_hidden_fsp_0-1_0-1",
+        "scalar/unweighted_attention_attention_mse_1_2",
     }
     steps = [step for tag, step, _ in writer.scalars if tag == "scalar/total_loss"]
     assert steps == list(range(10))
@@ -188,15 +219,17 @@ def test_tensorboard_gets_every_micro_batch_with_spec_names(tmp_path, fake_write
 
 def test_basic_trainer_logs_only_total_loss(tmp_path, fake_writer):
     _, model = make_models()
-    trainer = textbrewer.BasicTrainer(training_config(tmp_path, log_dir=str(tmp_path / "l")),
-                                      model, simple_adaptor)
+    trainer = textbrewer.BasicTrainer(
+        training_config(tmp_path, log_dir=str(tmp_path / "l")), model, simple_adaptor
+    )
     trainer.train(torch.optim.SGD(model.parameters(), lr=0.01), None, make_batches(3), 1)
     assert {tag for tag, _, _ in fake_writer.instances[0].scalars} == {"scalar/total_loss"}
 
 
 def test_hot_path_reads_nothing_back_per_micro_batch(tmp_path, monkeypatch):
-    distiller, optimizer = basic_distiller(tmp_path, dtype=torch.float32, log_every_n_steps=1000,
-                                           ckpt_frequency=1)
+    distiller, optimizer = basic_distiller(
+        tmp_path, dtype=torch.float32, log_every_n_steps=1000, ckpt_frequency=1
+    )
     reads = []
     for name in ("item", "tolist", "cpu", "__float__", "__bool__"):
         original = getattr(torch.Tensor, name)
@@ -234,8 +267,9 @@ def test_progress_messages_use_the_textbrewer_logger(tmp_path, caplog):
     distiller, optimizer = basic_distiller(tmp_path)
     with caplog.at_level(logging.INFO, logger="textbrewer"):
         distiller.train(optimizer, None, make_batches(2), 1)
-    assert any(r.name.startswith("textbrewer") and "gs2.pkl" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        r.name.startswith("textbrewer") and "gs2.pkl" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_loss_log_flushes_all_pending_values_in_order():

@@ -83,8 +83,14 @@ def test_general_distiller_matches_hand_loop_with_projection_and_weight_schedule
         temperature=2,
         kd_loss_weight_scheduler="linear_decay",
         intermediate_matches=[
-            {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 2,
-             "proj": ["linear", 6, 8, {"lr": 0.05}]},
+            {
+                "layer_T": 3,
+                "layer_S": 2,
+                "feature": "hidden",
+                "loss": "hidden_mse",
+                "weight": 2,
+                "proj": ["linear", 6, 8, {"lr": 0.05}],
+            },
         ],
     )
     distiller = textbrewer.GeneralDistiller(
@@ -103,7 +109,12 @@ def test_general_distiller_matches_hand_loop_with_projection_and_weight_schedule
         return kd * kd_weight + match * 2
 
     hand_loop(
-        reference, [teacher], batches, epochs=2, gas=1, loss_fn=loss,
+        reference,
+        [teacher],
+        batches,
+        epochs=2,
+        gas=1,
+        loss_fn=loss,
         extra_params=[{"params": list(projection.parameters()), "lr": 0.05}],
     )
     assert_same_weights(student, reference)
@@ -117,8 +128,12 @@ def test_multi_teacher_distiller_averages_teacher_logits_like_hand_loop(tmp_path
     reference = copy.deepcopy(student)
     batches = make_batches(5)
     distiller = textbrewer.MultiTeacherDistiller(
-        training_config(tmp_path), textbrewer.DistillationConfig(temperature=4), teachers,
-        student, simple_adaptor, simple_adaptor,
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(temperature=4),
+        teachers,
+        student,
+        simple_adaptor,
+        simple_adaptor,
     )
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9), None, batches, 2)
 
@@ -137,8 +152,12 @@ def test_basic_trainer_matches_hand_loop_with_scheduler_class(tmp_path):
     trainer = textbrewer.BasicTrainer(training_config(tmp_path), model, simple_adaptor)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     trainer.train(
-        optimizer, batches, 2, scheduler_class=torch.optim.lr_scheduler.StepLR,
-        scheduler_args={"step_size": 3, "gamma": 0.5}, max_grad_norm=0.5,
+        optimizer,
+        batches,
+        2,
+        scheduler_class=torch.optim.lr_scheduler.StepLR,
+        scheduler_args={"step_size": 3, "gamma": 0.5},
+        max_grad_norm=0.5,
     )
 
     def run():
@@ -165,8 +184,10 @@ def test_multi_task_distiller_samples_tasks_like_hand_loop(tmp_path):
     distiller = textbrewer.MultiTaskDistiller(
         training_config(tmp_path, ckpt_steps=3),
         textbrewer.DistillationConfig(temperature=2),
-        {"a": teacher_a, "b": teacher_b}, student,
-        {"a": simple_adaptor, "b": simple_adaptor}, {"a": simple_adaptor, "b": simple_adaptor},
+        {"a": teacher_a, "b": teacher_b},
+        student,
+        {"a": simple_adaptor, "b": simple_adaptor},
+        {"a": simple_adaptor, "b": simple_adaptor},
     )
     import numpy as np
 
@@ -200,8 +221,12 @@ def test_both_call_styles_give_identical_weights(tmp_path, style):
     for name in ("baseline", style):
         teacher, student = make_models()
         distiller = textbrewer.BasicDistiller(
-            training_config(tmp_path / name), textbrewer.DistillationConfig(), teacher, student,
-            simple_adaptor, simple_adaptor,
+            training_config(tmp_path / name),
+            textbrewer.DistillationConfig(),
+            teacher,
+            student,
+            simple_adaptor,
+            simple_adaptor,
         )
         optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
         schedule_args = {"step_size": 2, "gamma": 0.5}
@@ -211,16 +236,90 @@ def test_both_call_styles_give_identical_weights(tmp_path, style):
             distiller.train(optimizer, scheduler, batches, 2)
         elif style == "documented_keywords":
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, **schedule_args)
-            distiller.train(optimizer=optimizer, scheduler=scheduler, dataloader=batches,
-                            num_epochs=2)
+            distiller.train(
+                optimizer=optimizer, scheduler=scheduler, dataloader=batches, num_epochs=2
+            )
         elif style == "documented":
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, **schedule_args)
             distiller.train(optimizer, scheduler, batches, 2, None, None, None)
         elif style == "legacy":
             distiller.train(optimizer, batches, 2, torch.optim.lr_scheduler.StepLR, schedule_args)
         else:
-            distiller.train(optimizer, dataloader=batches, num_epochs=2,
-                            scheduler_class=torch.optim.lr_scheduler.StepLR,
-                            scheduler_args=schedule_args, max_grad_norm=-1)
+            distiller.train(
+                optimizer,
+                dataloader=batches,
+                num_epochs=2,
+                scheduler_class=torch.optim.lr_scheduler.StepLR,
+                scheduler_args=schedule_args,
+                max_grad_norm=-1,
+            )
         results[name] = student
     assert_same_weights(results["baseline"], results[style], tolerance=0)
+
+
+def test_multi_task_legacy_and_documented_calls_give_identical_weights(tmp_path):
+    import numpy as np
+
+    weights = []
+    for style in ("documented", "legacy"):
+        teacher_a, student = make_models(seed=4)
+        teacher_b, _ = make_models(seed=5)
+        distiller = textbrewer.MultiTaskDistiller(
+            training_config(tmp_path / style, ckpt_steps=2),
+            textbrewer.DistillationConfig(),
+            {"a": teacher_a, "b": teacher_b},
+            student,
+            {"a": simple_adaptor, "b": simple_adaptor},
+            {"a": simple_adaptor, "b": simple_adaptor},
+        )
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+        loaders = {"a": make_batches(2, seed=1), "b": make_batches(3, seed=2)}
+        double = {name: (lambda batch: batch) for name in loaders}
+        np.random.seed(3)
+        if style == "documented":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
+            distiller.train(optimizer, scheduler, loaders, 5, 2, None, double)
+        else:
+            distiller.train(
+                optimizer,
+                loaders,
+                5,
+                torch.optim.lr_scheduler.StepLR,
+                {"step_size": 2},
+                tau=2,
+                batch_postprocessors=double,
+            )
+        weights.append(student)
+    assert_same_weights(weights[0], weights[1], tolerance=0)
+
+
+def test_multi_teacher_caching_matches_hand_loop_over_the_shuffled_cache(tmp_path):
+    teachers = [make_models(seed=s)[0] for s in (1, 2)]
+    _, student = make_models(seed=3)
+    reference = copy.deepcopy(student)
+    batches = make_batches(3)
+    distiller = textbrewer.MultiTeacherDistiller(
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(is_caching_logits=True),
+        teachers,
+        student,
+        [simple_adaptor, simple_adaptor],
+        simple_adaptor,
+    )
+    import random
+
+    random.seed(0)
+    distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, batches, 2)
+    random.seed(0)
+    order = list(range(3))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for _ in range(2):
+        random.shuffle(order)
+        for index in order:
+            batch = batches[index]
+            with torch.no_grad():
+                averaged = (teachers[0](*batch)[0] + teachers[1](*batch)[0]) / 2
+            plain_kd_ce(reference(*batch)[0], averaged, 4).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert_same_weights(student, reference)

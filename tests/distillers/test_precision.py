@@ -23,10 +23,20 @@ def test_bf16_training_on_cpu_reduces_the_loss(tmp_path):
             return total, parts
 
     dtypes = set()
-    config = textbrewer.DistillationConfig(kd_loss_type="kl", intermediate_matches=[
-        {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1}])
-    distiller = Recorder(training_config(tmp_path, mixed_precision="bf16"), config, teacher,
-                         student, simple_adaptor, simple_adaptor)
+    config = textbrewer.DistillationConfig(
+        kd_loss_type="kl",
+        intermediate_matches=[
+            {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1}
+        ],
+    )
+    distiller = Recorder(
+        training_config(tmp_path, mixed_precision="bf16"),
+        config,
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+    )
     distiller.train(torch.optim.Adam(student.parameters(), lr=0.02), None, make_batches(4), 15)
     assert dtypes == {torch.bfloat16}
     assert sum(totals[-4:]) < 0.5 * sum(totals[:4])
@@ -44,8 +54,12 @@ def test_losses_are_computed_in_float32_from_low_precision_logits(tmp_path):
     try:
         distiller = textbrewer.BasicDistiller(
             training_config(tmp_path, mixed_precision="bf16"),
-            textbrewer.DistillationConfig(kd_loss_type="spy"), teacher, student,
-            simple_adaptor, simple_adaptor)
+            textbrewer.DistillationConfig(kd_loss_type="spy"),
+            teacher,
+            student,
+            simple_adaptor,
+            simple_adaptor,
+        )
         distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(1), 1)
     finally:
         del textbrewer.KD_LOSS_MAP["spy"]
@@ -56,7 +70,12 @@ def test_fp16_uses_a_grad_scaler_and_a_skipped_step_does_not_advance_the_schedul
     teacher, student = float_models()
     distiller = textbrewer.BasicDistiller(
         training_config(tmp_path, fp16=True, fp16_opt_level="O2"),
-        textbrewer.DistillationConfig(), teacher, student, simple_adaptor, simple_adaptor)
+        textbrewer.DistillationConfig(),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+    )
     assert distiller._engine.scaler.is_enabled()
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
@@ -91,7 +110,7 @@ def test_fp16_uses_a_grad_scaler_and_a_skipped_step_does_not_advance_the_schedul
     distiller.train(optimizer, scheduler, batches, 1, batch_postprocessor=postprocess)
     # Step 1 was skipped (inf gradients): two real steps, so the LR halved twice, not three times.
     assert scheduler.last_epoch == 2
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)
     assert not torch.equal(before["head.weight"], student.state_dict()["head.weight"])
 
 

@@ -17,8 +17,14 @@ from tests.conftest import (
 )
 
 MATCHES = [
-    {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
-     "proj": ["linear", 6, 8, {"lr": 0.01}]},
+    {
+        "layer_T": 3,
+        "layer_S": 2,
+        "feature": "hidden",
+        "loss": "hidden_mse",
+        "weight": 1,
+        "proj": ["linear", 6, 8, {"lr": 0.01}],
+    },
 ]
 
 
@@ -32,14 +38,22 @@ def run(tmp_path, name, mode, resume_from=None):
     torch.manual_seed(0)
     teacher, student = make_models(teacher_dim=8, student_dim=6, dropout=0.2)
     config = training_config(
-        tmp_path / name, save_training_state=True, gradient_accumulation_steps=2,
-        ckpt_frequency=2, ckpt_steps=3, log_every_n_steps=2,
+        tmp_path / name,
+        save_training_state=True,
+        gradient_accumulation_steps=2,
+        ckpt_frequency=2,
+        ckpt_steps=3,
+        log_every_n_steps=2,
     )
     distiller = textbrewer.GeneralDistiller(
         config,
-        textbrewer.DistillationConfig(kd_loss_weight_scheduler="linear_decay",
-                                      intermediate_matches=MATCHES),
-        teacher, student, simple_adaptor, simple_adaptor,
+        textbrewer.DistillationConfig(
+            kd_loss_weight_scheduler="linear_decay", intermediate_matches=MATCHES
+        ),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
     )
     distiller.projs.double()
     optimizer = torch.optim.AdamW(student.parameters(), lr=0.01)
@@ -47,10 +61,13 @@ def run(tmp_path, name, mode, resume_from=None):
     torch.manual_seed(1)
     lengths = {"num_epochs": 3} if mode == "epoch" else {"num_epochs": None, "num_steps": 10}
     distiller.train(
-        optimizer, shuffled_loader(), scheduler_class=torch.optim.lr_scheduler.StepLR,
-        scheduler_args={"step_size": 2, "gamma": 0.7}, callback=lambda model, step: (
-            steps.append(step), torch.rand(1)),
-        resume_from=resume_from, **lengths,
+        optimizer,
+        shuffled_loader(),
+        scheduler_class=torch.optim.lr_scheduler.StepLR,
+        scheduler_args={"step_size": 2, "gamma": 0.7},
+        callback=lambda model, step: (steps.append(step), torch.rand(1)),
+        resume_from=resume_from,
+        **lengths,
     )
     return student, distiller, steps
 
@@ -78,8 +95,16 @@ def test_resume_from_any_checkpoint_gives_identical_weights(tmp_path, mode):
 def test_state_files_sit_beside_checkpoints_and_are_opt_in(tmp_path):
     run(tmp_path, "full", "step")
     names = sorted(os.listdir(tmp_path / "full" / "out"))
-    assert names == ["gs10.pkl", "gs10.state.pt", "gs3.pkl", "gs3.state.pt", "gs6.pkl",
-                     "gs6.state.pt", "gs9.pkl", "gs9.state.pt"]
+    assert names == [
+        "gs10.pkl",
+        "gs10.state.pt",
+        "gs3.pkl",
+        "gs3.state.pt",
+        "gs6.pkl",
+        "gs6.state.pt",
+        "gs9.pkl",
+        "gs9.state.pt",
+    ]
     plain = torch.load(tmp_path / "full" / "out" / "gs3.pkl")
     assert all(isinstance(v, torch.Tensor) for v in plain.values())
 
@@ -93,13 +118,19 @@ def test_resume_from_directory_takes_the_latest_state(tmp_path):
 def test_resume_without_state_explains_the_option(tmp_path):
     teacher, student = make_models()
     distiller = textbrewer.BasicDistiller(
-        training_config(tmp_path), textbrewer.DistillationConfig(), teacher, student,
-        simple_adaptor, simple_adaptor)
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+    )
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     distiller.train(optimizer, None, make_batches(2), 1)
     with pytest.raises(FileNotFoundError, match="save_training_state=True"):
-        distiller.train(optimizer, None, make_batches(2), 1,
-                        resume_from=tmp_path / "out" / "gs2.pkl")
+        distiller.train(
+            optimizer, None, make_batches(2), 1, resume_from=tmp_path / "out" / "gs2.pkl"
+        )
 
 
 def test_resume_with_a_different_plan_is_refused(tmp_path):
