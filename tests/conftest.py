@@ -34,9 +34,10 @@ class TinyEncoder(nn.Module):
         for layer in self.layers:
             hidden = torch.tanh(layer(self.dropout(hidden)))
             scores = torch.einsum("bqd,bkd->bqk", hidden, hidden)[:, None]
-            scores = scores.expand(-1, self.heads, -1, -1) / (1 + torch.arange(self.heads)).to(
-                hidden
-            )[None, :, None, None]
+            scores = (
+                scores.expand(-1, self.heads, -1, -1)
+                / (1 + torch.arange(self.heads)).to(hidden)[None, :, None, None]
+            )
             attentions.append((scores + key_mask).softmax(-1))
             states.append(hidden)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

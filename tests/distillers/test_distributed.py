@@ -8,8 +8,8 @@ import torch
 import torch.multiprocessing as mp
 
 import textbrewer
-from textbrewer.distillers._plans import LoaderPasses
 from tests.conftest import make_batches, make_models, simple_adaptor, training_config
+from textbrewer.distillers._plans import LoaderPasses
 
 pytestmark = pytest.mark.slow
 

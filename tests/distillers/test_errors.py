@@ -62,7 +62,8 @@ def test_adaptor_unknown_key_is_ignored_with_one_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="textbrewer"):
         distiller.train(optimizer, None, make_batches(3), 1)
     warnings = [r for r in caplog.records if "'logit'" in r.getMessage()]
-    assert len(warnings) == 1 and "ignored" in warnings[0].getMessage()
+    assert len(warnings) == 1
+    assert "ignored" in warnings[0].getMessage()
 
 
 def test_logits_lists_of_different_lengths(tmp_path):
@@ -196,10 +197,7 @@ def test_missing_cuda_is_an_error_not_a_fallback(tmp_path):
 )
 def test_bad_train_arguments(tmp_path, arguments, error, message):
     distiller, optimizer = general(tmp_path)
-    if isinstance(arguments[0], str):
-        call = arguments
-    else:
-        call = (optimizer, *arguments)
+    call = arguments if isinstance(arguments[0], str) else (optimizer, *arguments)
     with pytest.raises(error, match=message):
         distiller.train(*call)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import textbrewer
-from textbrewer.distillers._kd import probability_shift
 from tests.conftest import LENGTH, make_batches, make_models, training_config
+from textbrewer.distillers._kd import probability_shift
 
 
 def test_probability_shift_swaps_top_class_with_label_and_skips_negative_labels():
@@ -36,7 +36,7 @@ def tag_adaptor(batch, outputs):
 
 
 def reference_loss(logits_S, logits_T, mask, labels, base, beta, gamma):
-    rows_S, rows_T, row_labels = [], [], []
+    rows_S, rows_T = [], []
     for b in range(mask.shape[0]):
         for position in range(mask.shape[1]):
             if mask[b, position]:

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import textbrewer
-from textbrewer.distillers import _logging
 from tests.conftest import (
     checkpoint_steps,
     make_batches,
@@ -14,6 +13,7 @@ from tests.conftest import (
     simple_adaptor,
     training_config,
 )
+from textbrewer.distillers import _logging
 
 
 def basic_distiller(tmp_path, dtype=torch.float64, **config):
@@ -122,7 +122,8 @@ def test_train_sets_modes_and_restores_them(tmp_path):
 
     distiller.train(optimizer, None, make_batches(2), 1, batch_postprocessor=postprocess)
     assert modes == [(False, True), (False, True)]
-    assert distiller.model_T.training and not distiller.model_S.training
+    assert distiller.model_T.training
+    assert not distiller.model_S.training
 
 
 def test_context_manager_sets_and_restores_modes(tmp_path):
@@ -130,8 +131,10 @@ def test_context_manager_sets_and_restores_modes(tmp_path):
     distiller.model_T.train()
     distiller.model_S.eval()
     with distiller:
-        assert not distiller.model_T.training and distiller.model_S.training
-    assert distiller.model_T.training and not distiller.model_S.training
+        assert not distiller.model_T.training
+        assert distiller.model_S.training
+    assert distiller.model_T.training
+    assert not distiller.model_S.training
 
 
 def test_user_config_is_never_mutated_by_weight_schedules(tmp_path):
@@ -145,7 +148,8 @@ def test_user_config_is_never_mutated_by_weight_schedules(tmp_path):
     )
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.01), None, make_batches(4), 1)
     assert config.to_dict() == before
-    assert distiller.kd_loss_weight == 0.0 and distiller.hard_label_weight == 1.0
+    assert distiller.kd_loss_weight == 0.0
+    assert distiller.hard_label_weight == 1.0
 
 
 class FakeWriter:
@@ -242,7 +246,8 @@ def test_hot_path_reads_nothing_back_per_micro_batch(tmp_path, monkeypatch):
     distiller.train(optimizer, None, make_batches(12, dtype_mask=torch.long), 1)
     # One read-back of all twelve micro-batches' losses, at the checkpoint.
     assert reads.count("tolist") == 1
-    assert reads.count("item") == 0 and reads.count("__float__") == 0
+    assert reads.count("item") == 0
+    assert reads.count("__float__") == 0
 
 
 def test_non_finite_loss_stops_with_step_and_parts_and_keeps_checkpoints(tmp_path):

@@ -7,7 +7,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import textbrewer
-from textbrewer.distillers import _checkpoint
 from tests.conftest import (
     checkpoint_steps,
     make_batches,
@@ -15,6 +14,7 @@ from tests.conftest import (
     simple_adaptor,
     training_config,
 )
+from textbrewer.distillers import _checkpoint
 
 MATCHES = [
     {
