@@ -8,6 +8,9 @@ import torch
 
 from textbrewer.distillers._batches import AdaptorResult
 
+LossParts = dict[str, torch.Tensor]
+"""Unweighted loss parts by name, as ``compute_loss`` returns them for logging."""
+
 TemperatureScheduler = Optional[Callable[[torch.Tensor, torch.Tensor, float], Any]]
 
 
@@ -162,3 +165,22 @@ def to_float32(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.dtype in (torch.float16, torch.bfloat16):
         return tensor.float()
     return tensor
+
+
+def combine_parts(
+    parts: list[tuple[str, Any, Any]],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sums ``weight * loss`` over ``(name, loss, weight)`` in order; returns it with the parts.
+
+    Every present part is added, even with weight 0, so a non-finite part is never hidden.
+    """
+    if not parts:
+        raise ValueError(
+            "nothing to train on: the adaptors returned no 'logits' (in both teacher and "
+            "student results), no 'losses', and no intermediate match applies"
+        )
+    total = None
+    for _, loss, weight in parts:
+        term = loss * weight
+        total = term if total is None else total + term
+    return total, {name: loss for name, loss, _ in parts}

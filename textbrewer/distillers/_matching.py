@@ -14,7 +14,7 @@ from torch import nn
 
 from textbrewer import presets
 from textbrewer.distillers._batches import AdaptorResult
-from textbrewer.distillers._kd import to_float32
+from textbrewer.distillers._kd import LossParts, combine_parts, to_float32
 from textbrewer.matches import TWO_LAYER_LOSSES, IntermediateMatch
 
 # Built-in losses whose student and teacher inputs must have equal shapes (nst/mmd need not).
@@ -233,6 +233,50 @@ class MatchComputer:
             )
             parts.append((f"unweighted_custom_match_{index}", loss, custom.weight))
         return parts
+
+
+class MatchingHooks:
+    """The loss and session hooks of a distiller with intermediate matches (``self.matches``).
+
+    Mixed into ``GeneralDistiller`` and ``MultiTaskDistiller``: the loss is the KD and hard-label
+    terms followed by every match, and the projections join the session through the hooks.
+    """
+
+    matches: MatchComputer
+
+    @property
+    def projs(self) -> nn.ModuleList:
+        """The projection layers, one per match with ``proj`` (in match order)."""
+        return self.matches.projections.layers
+
+    def compute_loss(
+        self, results_S: AdaptorResult, results_T: AdaptorResult
+    ) -> tuple[torch.Tensor, LossParts]:
+        """KD and hard-label terms, then every intermediate and custom match, in order."""
+        parts = self._logits_and_label_parts(results_S, results_T)
+        parts.extend(self.matches(results_S, results_T))
+        return combine_parts(parts)
+
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        """One param group per projection, with the options of its ``proj[3]``."""
+        return self.matches.param_groups()
+
+    def extra_modules(self) -> list[nn.Module]:
+        """The projection bank and the custom projection modules."""
+        return self.matches.trainable_modules()
+
+    def wrap_extra_modules(self, wrapped: list[nn.Module]) -> None:
+        """Uses the (DDP-)wrapped projections for the forward passes."""
+        self.matches.use_wrapped(wrapped)
+
+    def extra_state(self) -> dict[str, Any]:
+        """The projections' and custom projections' weights."""
+        return {"modules": [module.state_dict() for module in self.extra_modules()]}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores the projections' weights."""
+        for module, saved in zip(self.extra_modules(), state.get("modules", [])):
+            module.load_state_dict(saved)
 
 
 def _part_name(match: IntermediateMatch) -> str:

@@ -23,7 +23,7 @@ from textbrewer.distillers import _checkpoint as ckpt
 from textbrewer.distillers._arguments import SINGLE_SOURCE, CallStyle, TrainCall, parse_train_call
 from textbrewer.distillers._batches import AdaptorChecker, AdaptorResult, call_model
 from textbrewer.distillers._engine import Engine, unwrap
-from textbrewer.distillers._kd import KDLoss, check_lengths, sum_of_means
+from textbrewer.distillers._kd import KDLoss, LossParts, check_lengths, sum_of_means
 from textbrewer.distillers._logging import LossLog
 from textbrewer.distillers._plans import CycledLoader, EpochPlan, LoaderPasses, StepPlan
 from textbrewer.distillers._session import (
@@ -35,8 +35,6 @@ from textbrewer.distillers._session import (
 )
 
 logger = logging.getLogger(__name__)
-
-LossParts = dict[str, torch.Tensor]
 
 
 class AbstractDistiller:
@@ -361,23 +359,6 @@ def check_module(name: str, model: Any) -> None:
     """Raises a ``TypeError`` naming ``name`` unless ``model`` is an ``nn.Module``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"`{name}` must be a torch.nn.Module, got {type(model).__name__}")
-
-
-def combine_parts(parts: list[tuple[str, Any, Any]]) -> tuple[torch.Tensor, LossParts]:
-    """Sums ``weight * loss`` over ``(name, loss, weight)`` in order; returns it with the parts.
-
-    Every present part is added, even with weight 0, so a non-finite part is never hidden.
-    """
-    if not parts:
-        raise ValueError(
-            "nothing to train on: the adaptors returned no 'logits' (in both teacher and "
-            "student results), no 'losses', and no intermediate match applies"
-        )
-    total = None
-    for _, loss, weight in parts:
-        term = loss * weight
-        total = term if total is None else total + term
-    return total, {name: loss for name, loss, _ in parts}
 
 
 def _lookup(registry: dict, name: Any, field: str, registry_name: str) -> Any:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._batches import AdaptorResult
-from textbrewer.distillers._matching import MatchComputer
-from textbrewer.distillers.base import LossParts, combine_parts
+from textbrewer.distillers._matching import MatchComputer, MatchingHooks
 from textbrewer.distillers.basic import BasicDistiller
 
 
-class GeneralDistiller(BasicDistiller):
+class GeneralDistiller(MatchingHooks, BasicDistiller):
     """Single-teacher distillation with intermediate matches (the recommended distiller).
 
     For each ``IntermediateMatch`` the student's ``hidden``/``attention`` element ``layer_S`` (after
@@ -65,37 +62,3 @@ class GeneralDistiller(BasicDistiller):
         self.matches = MatchComputer(
             distill_config.intermediate_matches or [], custom_matches, self.device
         )
-
-    @property
-    def projs(self) -> nn.ModuleList:
-        """The projection layers, one per match with ``proj`` (in match order)."""
-        return self.matches.projections.layers
-
-    def compute_loss(
-        self, results_S: AdaptorResult, results_T: AdaptorResult
-    ) -> tuple[torch.Tensor, LossParts]:
-        """KD and hard-label terms, then every intermediate and custom match, in order."""
-        parts = self._logits_and_label_parts(results_S, results_T)
-        parts.extend(self.matches(results_S, results_T))
-        return combine_parts(parts)
-
-    def extra_param_groups(self) -> list[dict[str, Any]]:
-        """One param group per projection, with the options of its ``proj[3]``."""
-        return self.matches.param_groups()
-
-    def extra_modules(self) -> list[nn.Module]:
-        """The projection bank and custom projection modules."""
-        return self.matches.trainable_modules()
-
-    def wrap_extra_modules(self, wrapped: list[nn.Module]) -> None:
-        """Uses the (DDP-)wrapped projections for the forward passes."""
-        self.matches.use_wrapped(wrapped)
-
-    def extra_state(self) -> dict[str, Any]:
-        """The projections' and custom projections' weights."""
-        return {"modules": [module.state_dict() for module in self.extra_modules()]}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restores the projections' weights."""
-        for module, saved in zip(self.extra_modules(), state.get("modules", [])):
-            module.load_state_dict(saved)

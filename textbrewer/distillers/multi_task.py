@@ -10,21 +10,20 @@ from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
 from textbrewer.distillers._arguments import MULTI_TASK, TrainCall
-from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device, split_batch
-from textbrewer.distillers._matching import MatchComputer
+from textbrewer.distillers._batches import call_model, move_to_device, split_batch
+from textbrewer.distillers._matching import MatchComputer, MatchingHooks
 from textbrewer.distillers._plans import StepPlan, TaskBatch, TaskSampler
 from textbrewer.distillers.base import (
     AbstractDistiller,
     LossParts,
     check_module,
     checked_adaptor,
-    combine_parts,
 )
 
 logger = logging.getLogger(__name__)
 
 
-class MultiTaskDistiller(AbstractDistiller):
+class MultiTaskDistiller(MatchingHooks, AbstractDistiller):
     """Distils several single-task teachers into one student, sampling a task per micro-batch.
 
     Training is by steps only. Before each micro-batch one task is drawn with
@@ -116,35 +115,6 @@ class MultiTaskDistiller(AbstractDistiller):
         results_T = self._check_result(self.adaptor_T[task](batch_T, outputs_T), "adaptor_T")
         results_S = self._check_result(self.adaptor_S[task](batch_S, outputs_S), "adaptor_S")
         return self._loss_without_autocast(results_S, results_T)
-
-    def compute_loss(
-        self, results_S: AdaptorResult, results_T: AdaptorResult
-    ) -> tuple[torch.Tensor, LossParts]:
-        """KD, hard-label and intermediate-match terms, as in ``GeneralDistiller``."""
-        parts = self._logits_and_label_parts(results_S, results_T)
-        parts.extend(self.matches(results_S, results_T))
-        return combine_parts(parts)
-
-    def extra_param_groups(self) -> list[dict[str, Any]]:
-        """One param group per projection."""
-        return self.matches.param_groups()
-
-    def extra_modules(self) -> list[nn.Module]:
-        """The projection bank, if any projection is configured."""
-        return self.matches.trainable_modules()
-
-    def wrap_extra_modules(self, wrapped: list[nn.Module]) -> None:
-        """Uses the (DDP-)wrapped projections for the forward passes."""
-        self.matches.use_wrapped(wrapped)
-
-    def extra_state(self) -> dict[str, Any]:
-        """The projections' weights."""
-        return {"modules": [module.state_dict() for module in self.extra_modules()]}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restores the projections' weights."""
-        for module, saved in zip(self.extra_modules(), state.get("modules", [])):
-            module.load_state_dict(saved)
 
     def _build_plan(self, call: TrainCall) -> StepPlan:
         if not isinstance(call.data, dict) or not call.data:

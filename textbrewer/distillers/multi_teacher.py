@@ -9,8 +9,8 @@ from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
 from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device, split_batch
-from textbrewer.distillers._kd import select_rows, to_float32
-from textbrewer.distillers.base import LossParts, check_module, checked_adaptor, combine_parts
+from textbrewer.distillers._kd import combine_parts, select_rows, to_float32
+from textbrewer.distillers.base import LossParts, check_module, checked_adaptor
 from textbrewer.distillers.basic import BasicDistiller, CachedBatch
 
 
