@@ -95,7 +95,7 @@ class TrainingConfig(_Config):
             ``'O2'`` and ``'O3'`` all mean float16 autocast with loss scaling (the weights stay in
             float32, which is what ``O1`` did and the numerically safe form of ``O2``/``O3``);
             ``'O0'`` means full float32, as it did under apex.
-        data_parallel: wrap the student and the teachers in ``nn.DataParallel``.
+        data_parallel: wrap the student (and projections) in ``nn.DataParallel``; prefer DDP.
         local_rank: ``>= 0`` turns on DistributedDataParallel for this process (launch with
             ``torchrun``, which also sets ``RANK``/``WORLD_SIZE``); ``-1`` leaves it off unless a
             process group with more than one process is already initialised.
@@ -188,7 +188,7 @@ class TrainingConfig(_Config):
 
     @property
     def precision(self) -> str:
-        """The resolved precision: ``'fp32'``, ``'fp16'`` or ``'bf16'``."""
+        """The resolved precision, one of ``'fp32'``, ``'fp16'`` and ``'bf16'``."""
         if self.mixed_precision in ("fp16", "bf16"):
             return self.mixed_precision
         if self.fp16 and self.fp16_opt_level != "O0":

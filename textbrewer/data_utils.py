@@ -147,7 +147,7 @@ def n_gram_sampling(
         rng: The random source; None means the global ``numpy.random`` state.
 
     Returns:
-        A new list: a contiguous slice of ``tokens``.
+        A new list, a contiguous slice of ``tokens``.
 
     Raises:
         TypeError: If ``tokens`` is a string or not iterable, ``p_ng`` or ``l_ng`` is not a
@@ -192,7 +192,7 @@ def short_disorder(
         rng: The random source; None means the global ``numpy.random`` state.
 
     Returns:
-        A new list: a permutation of ``tokens``.
+        A new list, a permutation of ``tokens``.
 
     Raises:
         TypeError: If ``tokens`` is a string or not iterable, ``p`` is not a sequence of
@@ -250,7 +250,7 @@ def long_disorder(
         rng: The random source; None means the global ``numpy.random`` state.
 
     Returns:
-        A new list: a permutation of ``tokens``.
+        A new list, a permutation of ``tokens``.
 
     Raises:
         TypeError: If ``tokens`` is a string or not iterable, ``p`` or ``length`` is not a number,

@@ -228,3 +228,32 @@ def test_subclass_adds_its_own_loss_term_and_it_is_logged(tmp_path, monkeypatch)
     assert all("l2_penalty" in parts for _, _, _, parts in logged)
     total, parts = logged[0][2], logged[0][3]
     assert total == pytest.approx(parts["unweighted_kd_loss"] + 1e-3 * parts["l2_penalty"])
+
+
+def test_multi_teacher_teacher_cache_holds_one_output_per_teacher(tmp_path):
+    teachers = [CountingTeacher(make_models(seed=s)[0]) for s in (1, 2)]
+    _, student = make_models(seed=3)
+    logits = []
+
+    def adaptor_T(batch, outputs):
+        logits.append(outputs[0])
+        return {"logits": outputs[0]}
+
+    batches = [
+        {"teacher": b, "student": b, "teacher_cache": [(torch.ones(4, 3),), (torch.zeros(4, 3),)]}
+        for b in make_batches(2)
+    ]
+    distiller = textbrewer.MultiTeacherDistiller(
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(),
+        teachers,
+        student,
+        adaptor_T,
+        lambda b, o: {"logits": o[0]},
+    )
+    distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, batches, 1)
+    assert [t.calls for t in teachers] == [0, 0]
+    assert [float(t.mean()) for t in logits] == [1.0, 0.0, 1.0, 0.0]
+    bad = [{**batches[0], "teacher_cache": [(torch.ones(4, 3),)]}]
+    with pytest.raises(ValueError, match="one output per teacher"):
+        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, bad, 1)

@@ -105,12 +105,6 @@ class Engine:
             return nn.DataParallel(module)
         return module
 
-    def wrap_teacher(self, module: nn.Module) -> nn.Module:
-        """Teachers need no gradient sync: never DDP, DataParallel only for throughput."""
-        if self.data_parallel and not self.distributed:
-            return nn.DataParallel(module)
-        return module
-
     @contextlib.contextmanager
     def gradient_sync(self, modules: Iterable[nn.Module], sync: bool) -> Iterator[None]:
         """Skips DDP's all-reduce on non-final micro-batches of an accumulated step."""

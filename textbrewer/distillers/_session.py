@@ -33,6 +33,8 @@ def prepare_optimizer(call: TrainCall, extra_groups: list[dict[str, Any]]) -> An
     added again. Returns the LR scheduler to step, or ``None``.
     """
     present = {id(p) for group in call.optimizer.param_groups for p in group["params"]}
+    # A hook may hand parameters as a generator: materialise it before looking inside.
+    extra_groups = [{**group, "params": list(group["params"])} for group in extra_groups]
     new_groups = [
         group for group in extra_groups if not any(id(p) in present for p in group["params"])
     ]

@@ -53,8 +53,9 @@ class AbstractDistiller:
           unweighted scalar tensors, logged as ``scalar/<name>``.
         * ``extra_param_groups() -> list[dict]``: optimizer param groups for trainable modules
           other than the student (added to the optimizer when ``train()`` starts).
-        * ``extra_modules() -> list[nn.Module]``: those modules, so the session can move them and
-          wrap them in DistributedDataParallel (``wrap_extra_modules`` receives the wrapped ones).
+        * ``extra_modules() -> list[nn.Module]``: those modules (created on ``self.device``), so
+          the session can wrap them in DistributedDataParallel (``wrap_extra_modules`` receives
+          the wrapped ones).
         * ``extra_state() -> dict`` / ``load_extra_state(state)``: saved with the training state.
     """
 

@@ -20,7 +20,8 @@ class MultiTeacherDistiller(BasicDistiller):
     The teachers' logits are averaged element-wise (``sum(l_T) / len(l_T)``) after selection by
     teacher 0's ``logits_mask`` (the other teachers' masks are ignored), then distilled as in
     ``BasicDistiller``; a temperature scheduler sees the average. Intermediate matches are not
-    supported. ``is_caching_logits`` works in epoch mode.
+    supported. ``is_caching_logits`` works in epoch mode. A batch dict's ``'teacher_cache'`` must
+    hold a list with one output per teacher; the teachers then do not run.
 
     Args:
         train_config: training settings.
@@ -84,10 +85,13 @@ class MultiTeacherDistiller(BasicDistiller):
         """Every teacher's forward, the student's forward, the adaptors, ``compute_loss``."""
         if isinstance(batch, CachedBatch):
             return self._train_on_cached(batch, args)
-        raw_T, raw_S, _ = split_batch(batch)
+        raw_T, raw_S, cache = split_batch(batch)
         batch_T = move_to_device(raw_T, self.device)
         with self._engine.autocast():
-            outputs_T = [self._teacher_outputs(teacher, batch_T, args) for teacher in self.model_T]
+            if cache is not None:
+                outputs_T = self._cached_outputs(cache)
+            else:
+                outputs_T = [self._teacher_outputs(model, batch_T, args) for model in self.model_T]
             batch_S = batch_T if raw_S is raw_T else move_to_device(raw_S, self.device)
             outputs_S = call_model(self.model_S, batch_S, args)
         results_T = [
@@ -96,6 +100,14 @@ class MultiTeacherDistiller(BasicDistiller):
         ]
         results_S = self._check_result(self.adaptor_S(batch_S, outputs_S), "adaptor_S")
         return self._loss_without_autocast(results_S, results_T)
+
+    def _cached_outputs(self, cache: Any) -> list[Any]:
+        if not isinstance(cache, (list, tuple)) or len(cache) != len(self.model_T):
+            raise ValueError(
+                f"MultiTeacherDistiller: batch['teacher_cache'] must be a list with one output per "
+                f"teacher ({len(self.model_T)}), got {type(cache).__name__}"
+            )
+        return list(move_to_device(list(cache), self.device))
 
     def compute_loss(
         self, results_S: AdaptorResult, results_T: list[AdaptorResult]
