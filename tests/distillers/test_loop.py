@@ -283,3 +283,31 @@ def test_loss_log_flushes_all_pending_values_in_order():
         log.record(index, 1, torch.tensor(float(index)), {"a": torch.tensor(2.0 * index)})
     log.flush()
     assert log._pending == []
+
+
+def test_progress_bar_counts_optimizer_steps_and_shows_the_running_loss(tmp_path, monkeypatch):
+    from textbrewer.distillers import _session
+
+    bars = []
+
+    class FakeBar:
+        def __init__(self, total, initial, **kwargs):
+            self.total, self.n, self.postfixes, self.closed = total, initial, [], False
+            bars.append(self)
+
+        def update(self, count):
+            self.n += count
+
+        def set_postfix(self, **kwargs):
+            self.postfixes.append(kwargs)
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(_session, "tqdm", FakeBar)
+    distiller, optimizer = basic_distiller(tmp_path, log_every_n_steps=2, progress_bar=True)
+    distiller.train(optimizer, None, make_batches(4), 2)
+    (bar,) = bars
+    assert (bar.total, bar.n, bar.closed) == (8, 8, True)
+    assert len(bar.postfixes) == 4
+    assert all(float(postfix["loss"]) > 0 for postfix in bar.postfixes)
