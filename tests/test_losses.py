@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from textbrewer import losses
 from textbrewer.losses import (
@@ -28,9 +27,19 @@ B, H, L, D = 2, 3, 5, 4
 MASK = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
 
 
-# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds wake-up latency (ms per softmax when the
+    machine is busy), so these tests run on one and restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -------------------------------------------------------------------------------------------------
 # Slow references: explicit loops over rows / batch items / heads, straight from the formulas
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def ref_log_softmax(row):
@@ -166,24 +175,28 @@ def ref_mmd(S, T, mask=None):
     return numerator / denominator
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Inputs
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def generator(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def attention_inputs(seed=0, shape=(B, H, L, L), positive=False):
-    """Scores with -10000 at masked keys and some -5e-4 entries that must not be zeroed."""
+def attention_inputs(seed=0, shape=(B, H, L, L), positive=False, padded=True):
+    """Scores with -10000 at masked keys and some -5e-4 entries that must not be zeroed.
+
+    ``positive``: uniform [0, 1) scores and no padding; ``padded=False``: no -10000 entries, so the
+    masked keys' teacher probabilities are not ~0 and only the mask removes them.
+    """
     g = generator(seed)
     pair = []
     for _ in range(2):
         scores = torch.rand(shape, generator=g) if positive else torch.randn(shape, generator=g)
         scores = scores.double()
         scores[..., 1, 2] = -5e-4
-        if not positive:
+        if padded and not positive:
             keys = MASK.reshape(B, *[1] * (len(shape) - 2), L)
             scores = scores.masked_fill(keys == 0, -10000.0)
         pair.append(scores)
@@ -202,7 +215,10 @@ def pair_inputs(seed=0, dims=(D, D)):
     def tensor(dim, grad):
         return torch.randn(B, L, dim, generator=g, dtype=torch.float64).requires_grad_(grad)
 
-    return (tensor(dims[0], True), tensor(dims[0], True)), (tensor(dims[1], False), tensor(dims[1], False))
+    return (tensor(dims[0], True), tensor(dims[0], True)), (
+        tensor(dims[1], False),
+        tensor(dims[1], False),
+    )
 
 
 def students(S):
@@ -226,16 +242,21 @@ INTERMEDIATE = (
     + [(fn, ref, hidden_inputs) for fn, ref in HIDDEN]
     + [(fn, ref, pair_inputs) for fn, ref in PAIRS]
 )
-KD = [(kd_ce_loss, "ce"), (kd_kl_loss, "kl"), (kd_reverse_kl_loss, "reverse_kl"), (kd_mse_loss, "mse")]
+KD = [
+    (kd_ce_loss, "ce"),
+    (kd_kl_loss, "kl"),
+    (kd_reverse_kl_loss, "reverse_kl"),
+    (kd_mse_loss, "mse"),
+]
 
 
 def ids(params):
     return [p[0].__name__ for p in params]
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Values and gradients against the references (float64)
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("with_mask", [False, True], ids=["no_mask", "mask"])
@@ -248,6 +269,14 @@ def test_intermediate_loss_matches_reference(loss, reference, make, with_mask):
     torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
     for got, want in zip(grads(value, S), grads(expected, S)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("loss", "reference"), ATTENTION, ids=ids(ATTENTION))
+def test_masked_attention_losses_match_reference_without_padding_scores(loss, reference):
+    S, T = attention_inputs(padded=False)
+    value, expected = loss(S, T, mask=MASK), reference(S, T, MASK)
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(grads(value, S)[0], grads(expected, S)[0], rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize(("loss", "reference"), ATTENTION, ids=ids(ATTENTION))
@@ -307,9 +336,9 @@ def test_kd_losses_default_to_temperature_one():
         assert loss(S, T).item() == pytest.approx(ref_kd(kind, S, T, 1).item(), rel=1e-12)
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Hand-computed values
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def test_kd_ce_hand_computed():
@@ -351,9 +380,9 @@ def test_attention_mse_hand_computed_denominator():
     assert att_mse_loss(S2, torch.zeros_like(S2), torch.tensor([[1, 0]])).item() == 9.0
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Masks
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def perturb_masked_positions(S, T, make):
@@ -429,9 +458,11 @@ def test_mmd_all_ones_mask_rescales_by_length_over_hidden_size():
 def test_attention_losses_with_mask_do_not_zero_padding_scores():
     S, T = attention_inputs()
     ones = torch.ones(B, L, dtype=torch.long)
-    # With a mask, the -10000 scores count: the result differs from the unmasked (zeroing) one.
+    # With a mask nothing is zeroed: the scores <= -1e-3 enter as they are, unlike without one.
     assert att_mse_loss(S, T, mask=ones).item() != pytest.approx(att_mse_loss(S, T).item())
-    torch.testing.assert_close(att_mse_loss(S, T, mask=ones), ((S - T) ** 2).mean(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        att_mse_loss(S, T, mask=ones), ((S - T) ** 2).mean(), rtol=1e-12, atol=0
+    )
 
 
 def test_mmd_accepts_different_hidden_sizes():
@@ -440,9 +471,9 @@ def test_mmd_accepts_different_hidden_sizes():
         torch.testing.assert_close(mmd_loss(S, T, mask), ref_mmd(S, T, mask), rtol=1e-10, atol=0)
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # gradcheck (student and teacher both require grad, so every backward formula is checked)
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def as_gradcheck_inputs(S, T):
@@ -481,9 +512,9 @@ def test_gradcheck_kd(loss, kind, per_row):
     assert torch.autograd.gradcheck(lambda s, t: loss(s, t, temperature), (S, T))
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # The chunked softmax divergences against the plain formula
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 def plain_kd(kind, S, T, temperature):
@@ -543,13 +574,24 @@ def test_chunked_divergence_is_exact_in_float64(small_chunks, loss, kind):
 def test_chunked_attention_ce_equals_reference(monkeypatch):
     # 40 elements a chunk: one batch item (75 scores) a chunk with a mask, 8 rows of 5 without.
     monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 40)
-    monkeypatch.setattr(losses, "_MIN_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(losses, "_MIN_CHUNK_ELEMENTS", 40)
     S, T = attention_inputs()
     assert len(losses._chunk_bounds(S)) == B
     assert len(losses._chunk_bounds(S.reshape(-1, L))) == 4
     for mask in (None, MASK):
         value = att_ce_loss(S, T, mask)
         torch.testing.assert_close(value, ref_att_ce(S, T, mask), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize(("loss", "kind"), KD, ids=ids(KD))
+def test_kd_losses_accept_non_contiguous_logits(loss, kind):
+    g = generator(15)
+    base = torch.randn(5, 2, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    S, T = base.transpose(0, 1), torch.randn(2, 5, 7, generator=g, dtype=torch.float64)
+    assert not S.is_contiguous()
+    value, expected = loss(S, T, 2.0), ref_kd(kind, S, T, 2.0)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grads(value, base)[0], grads(expected, base)[0], rtol=1e-10, atol=0)
 
 
 def test_teacher_gradient_is_not_computed_when_not_required():
@@ -612,11 +654,22 @@ def test_kl_has_the_student_gradient_of_ce():
     torch.testing.assert_close(kl_grad, ce_grad, rtol=1e-12, atol=1e-16)
 
 
+def test_0_dim_temperature_that_requires_grad_gets_its_gradient_in_mse():
+    g = generator(16)
+    S = torch.randn(4, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    T = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    temperature = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    value = kd_mse_loss(S, T, temperature)
+    (grad,) = torch.autograd.grad(value, temperature)
+    # mean((S - T)²) / T², so d/dT = -2 · value / T.
+    torch.testing.assert_close(grad, -2 * value.detach() / 2.0, rtol=1e-12, atol=0)
+
+
 def test_temperature_that_requires_grad_gets_its_gradient():
     g = generator(14)
     S = torch.randn(4, 9, generator=g, dtype=torch.float64, requires_grad=True)
     T = torch.randn(4, 9, generator=g, dtype=torch.float64)
-    for loss, kind in CHUNKED:
+    for loss, kind in KD:
         temperature = torch.full((4,), 2.0, dtype=torch.float64, requires_grad=True)
         value = loss(S, T, temperature)
         expected = ref_kd(kind, S, T, temperature.detach())
@@ -634,12 +687,17 @@ def test_bad_temperature_shape_raises(loss, kind, shape):
         loss(S, T, torch.ones(shape))
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Contract: every loss
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 ALL = [(fn, make) for fn, _, make in INTERMEDIATE] + [
-    (fn, lambda seed=0: (3 * torch.randn(2, 3, 7, dtype=torch.float64, generator=generator(seed))).requires_grad_())
+    (
+        fn,
+        lambda seed=0: (
+            3 * torch.randn(2, 3, 7, dtype=torch.float64, generator=generator(seed))
+        ).requires_grad_(),
+    )
     for fn, _ in KD
 ]
 
@@ -650,14 +708,19 @@ def contract_inputs(loss, make):
     return make()
 
 
-@pytest.mark.parametrize("with_mask", [False, True], ids=["no_mask", "mask"])
-@pytest.mark.parametrize(("loss", "make"), ALL, ids=ids(ALL))
-def test_contract_scalar_finite_and_differentiable(loss, make, with_mask):
+CONTRACT = [(fn, make, None) for fn, make in ALL] + [
+    (fn, make, MASK) for fn, _, make in INTERMEDIATE
+]
+
+
+@pytest.mark.parametrize(
+    ("loss", "make", "mask"),
+    CONTRACT,
+    ids=[f"{fn.__name__}-{'mask' if m is not None else 'no_mask'}" for fn, _, m in CONTRACT],
+)
+def test_contract_scalar_finite_and_differentiable(loss, make, mask):
     S, T = contract_inputs(loss, make)
-    is_kd = loss in [fn for fn, _ in KD]
-    if with_mask and is_kd:
-        pytest.skip("KD losses take a temperature, not a mask")
-    value = loss(S, T, 2.0) if is_kd else loss(S, T, mask=MASK if with_mask else None)
+    value = loss(S, T, 2.0) if loss in [fn for fn, _ in KD] else loss(S, T, mask=mask)
     assert value.dim() == 0
     assert torch.isfinite(value)
     for grad in grads(value, S):
@@ -691,7 +754,11 @@ def test_autocast_does_not_change_the_result(loss, make):
     S, T = contract_inputs(loss, make)
 
     def to32(x):
-        return tuple(to32(t) for t in x) if isinstance(x, tuple) else x.detach().float().requires_grad_()
+        return (
+            tuple(to32(t) for t in x)
+            if isinstance(x, tuple)
+            else x.detach().float().requires_grad_()
+        )
 
     S, T = to32(S), to32(T)
     expected = loss(S, T)
@@ -703,9 +770,9 @@ def test_autocast_does_not_change_the_result(loss, make):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
 
 
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Errors
-# ---------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,831 @@
+"""Distillation losses: pure tensor functions, reached by name through the preset registries.
+
+Two families share this module:
+
+- KD losses compare the student's and the teacher's logits under a temperature,
+  ``loss(logits_S, logits_T, temperature=1)``.
+- Intermediate (match) losses compare hidden states or attention scores of one pair of layers,
+  optionally restricted to the positions an input mask keeps, ``loss(S, T, mask=None)``.
+
+Every loss returns a 0-dim tensor and is differentiable in the student input. float16 and bfloat16
+inputs are computed in float32 (the loss is float32, gradients come back in the inputs' dtype),
+float64 stays float64, and an enclosing ``torch.autocast`` has no effect on the math.
+
+Memory: the softmax divergences (``kd_ce_loss``, ``kd_kl_loss``, ``kd_reverse_kl_loss``, the
+attention cross-entropies) and the squared errors run through two private autograd functions that
+save only their inputs, recompute what backward needs (chunk by chunk for the softmax ones) and
+write each gradient into a single preallocated tensor. Masks are applied through broadcasting
+views: no mask is ever expanded to the size of the attention tensor. (A KD temperature tensor that
+itself requires grad gets its gradient: that case runs the plain, unchunked formula.)
+
+Example:
+    >>> import torch
+    >>> from textbrewer.losses import kd_kl_loss
+    >>> kd_kl_loss(torch.zeros(2, 3), torch.zeros(2, 3), temperature=4)
+    tensor(0.)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Callable, NamedTuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "att_ce_loss",
+    "att_ce_mean_loss",
+    "att_mse_loss",
+    "att_mse_sum_loss",
+    "cos_loss",
+    "fsp_loss",
+    "hid_mse_loss",
+    "kd_ce_loss",
+    "kd_kl_loss",
+    "kd_mse_loss",
+    "kd_reverse_kl_loss",
+    "mmd_loss",
+    "pkd_loss",
+]
+
+# A KD temperature: a number, a 0-dim tensor, or a tensor with one temperature per row of logits.
+Temperature = Union[float, torch.Tensor]
+
+# Without a mask, the attention losses treat entries at or below this value as padding (as 0.2.x
+# does: BERT-style models add -10000 to the scores of masked keys).
+_PADDING_SCORE = -1e-3
+
+# Elements per chunk in the softmax divergences: 1/32 of the input, within these bounds. A chunk's
+# handful of temporaries then stays a small fraction of the input (and under 16 MiB each in
+# float32), instead of several copies of the whole logits tensor; the lower bound keeps the python
+# loop short on small inputs.
+_CHUNK_ELEMENTS = 1 << 22
+_MIN_CHUNK_ELEMENTS = 1 << 16
+
+
+# -------------------------------------------------------------------------------------------------
+# Small helpers
+# -------------------------------------------------------------------------------------------------
+
+
+def _without_autocast(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Runs ``loss_fn`` with autocast off on its inputs' device: the math stays full precision."""
+
+    @functools.wraps(loss_fn)
+    def wrapper(S, T, *args, **kwargs):
+        first = S if isinstance(S, torch.Tensor) else S[0]
+        with torch.autocast(device_type=first.device.type, enabled=False):
+            return loss_fn(S, T, *args, **kwargs)
+
+    return wrapper
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (low-precision inputs compute in float32)."""
+    if any(tensor.dtype == torch.float64 for tensor in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def _check_same_shape(S: torch.Tensor, T: torch.Tensor, what: str) -> None:
+    if S.shape != T.shape:
+        raise ValueError(
+            f"{what}: the student's shape {tuple(S.shape)} differs from the teacher's "
+            f"{tuple(T.shape)}; this loss needs equal shapes (add a projection to the match)"
+        )
+
+
+def _check_position_mask(mask: torch.Tensor, positions: torch.Size, what: str) -> None:
+    if mask.shape != positions:
+        raise ValueError(
+            f"{what}: mask of shape {tuple(mask.shape)} does not match the input positions "
+            f"{tuple(positions)} (expected a (batch, length) mask)"
+        )
+
+
+def _attention_mask(
+    mask: torch.Tensor, scores: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Views of a (batch, length) mask that broadcast against (batch, *heads, length, length).
+
+    Returns:
+        ``(m, m_q, m_k, heads)``: the mask as ``dtype`` (batch, length), its query view
+        (batch, 1.., length, 1), its key view (batch, 1.., 1, length), and the number of heads (the
+        product of the middle dimensions, 1 for 3-D scores).
+    """
+    fits = (
+        mask.dim() == 2
+        and scores.dim() >= 3
+        and scores.size(0) == mask.size(0)
+        and scores.shape[-2:] == (mask.size(-1), mask.size(-1))
+    )
+    if not fits:
+        raise ValueError(
+            f"attention mask of shape {tuple(mask.shape)} does not fit scores of shape "
+            f"{tuple(scores.shape)}: expected a (batch, length) mask and (batch, [heads,] length, "
+            "length) scores"
+        )
+    batch, length = mask.shape
+    ones = [1] * (scores.dim() - 3)
+    m = mask.to(device=scores.device, dtype=dtype)
+    m_q = m.reshape(batch, *ones, length, 1)
+    m_k = m.reshape(batch, *ones, 1, length)
+    return m, m_q, m_k, math.prod(scores.shape[1:-2])
+
+
+def _row_temperature(
+    temperature: Temperature, logits: torch.Tensor, dtype: torch.dtype
+) -> Temperature:
+    """The temperature as a number, or a tensor that broadcasts over the classes of ``logits``."""
+    if not isinstance(temperature, torch.Tensor):
+        return temperature
+    if temperature.dim() != 0 and temperature.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"temperature of shape {tuple(temperature.shape)} does not fit logits of shape "
+            f"{tuple(logits.shape)}: give a number, a 0-dim tensor, or one temperature per row, "
+            f"shape {tuple(logits.shape[:-1])}"
+        )
+    temperature = temperature.to(device=logits.device, dtype=dtype)
+    return temperature if temperature.dim() == 0 else temperature.unsqueeze(-1)
+
+
+def _pair(tensors: Sequence[torch.Tensor], what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(tensors, torch.Tensor) or len(tensors) != 2:
+        raise ValueError(f"{what} must be a pair (a list or tuple) of two tensors")
+    return tensors[0], tensors[1]
+
+
+def _slice_rows(tensor: Temperature | None, start: int, stop: int) -> Temperature | None:
+    """Rows ``start:stop`` of a per-row tensor; numbers and broadcast (size-1) tensors unchanged."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() == 0 or tensor.size(0) == 1:
+        return tensor
+    return tensor[start:stop]
+
+
+def _chunk_bounds(tensor: torch.Tensor) -> list[tuple[int, int]]:
+    """``(start, stop)`` slices of dim 0, each about 1/32 of ``tensor`` (see above)."""
+    per_row = max(1, math.prod(tensor.shape[1:]))
+    budget = min(_CHUNK_ELEMENTS, max(_MIN_CHUNK_ELEMENTS, tensor.numel() // 32))
+    step = max(1, budget // per_row)
+    rows = tensor.size(0)
+    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+# -------------------------------------------------------------------------------------------------
+# Softmax divergence: the chunked autograd function behind ce / kl / reverse kl / attention ce
+# -------------------------------------------------------------------------------------------------
+
+
+class _DivergenceSpec(NamedTuple):
+    """What one chunk of ``_SoftmaxDivergenceSum`` computes (per-row tensors already sliced)."""
+
+    temperature: Temperature
+    column_weight: torch.Tensor | None
+    floor: float | None
+    with_entropy: bool
+    dtype: torch.dtype
+
+    def rows(self, start: int, stop: int) -> _DivergenceSpec:
+        return self._replace(
+            temperature=_slice_rows(self.temperature, start, stop),
+            column_weight=_slice_rows(self.column_weight, start, stop),
+        )
+
+    def scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.to(self.dtype)
+        if isinstance(self.temperature, torch.Tensor) or self.temperature != 1:
+            return logits / self.temperature
+        return logits
+
+    def weighted(self, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``values * w``, w = column_weight times [targets > floor]; ``values`` itself if w = 1."""
+        if self.floor is not None:
+            values = torch.where(targets <= self.floor, 0.0, values)
+        if self.column_weight is not None:
+            values = values * self.column_weight
+        return values
+
+    def target_distribution(
+        self, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(p, log p)`` of ``softmax(targets / T)``; log p only when the entropy term needs it."""
+        scaled = self.scaled(targets)
+        log_p = torch.log_softmax(scaled, -1) if self.with_entropy else None
+        return torch.softmax(scaled, -1), log_p
+
+    @staticmethod
+    def log_ratio(log_q: torch.Tensor, log_p: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+        """``(base, sign)``, ``e = sign * base``: -log q, or log p - log q (written into log p)."""
+        if log_p is None:
+            return log_q, -1.0
+        return log_p.sub_(log_q), 1.0
+
+
+class _SoftmaxDivergenceSum(torch.autograd.Function):
+    """Σ_rows r · Σ_k w_k p_k e_k, e = log p·[with_entropy] - log q, computed in chunks of rows.
+
+    ``p = softmax(targets / T)`` and ``q = softmax(scores / T)`` along the last dimension, ``r`` is
+    ``row_weight`` (broadcast against ``scores.shape[:-1]``) and ``w`` is ``column_weight``
+    (broadcast against ``scores``), times ``[targets > floor]`` when ``floor`` is set. Chunks run
+    along dim 0, so per-row tensors have the inputs' number of dimensions and a dim 0 of 1 or of
+    the inputs' size. Weights are only combined with ``with_entropy=False`` (the cross-entropy); the
+    KL form is used unweighted, where the target gradient below is exact.
+
+    Only the inputs are saved; backward recomputes each chunk and writes it into one gradient
+    tensor per input that requires grad: ``∂/∂scores = r (q Σ_k w_k p_k - w p) / T`` and
+    ``∂/∂targets = r p (w e - Σ_k w_k p_k e_k) / T``.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, targets, temperature, column_weight, row_weight, floor, with_entropy):
+        is_tensor = isinstance(temperature, torch.Tensor)
+        ctx.save_for_backward(
+            scores, targets, temperature if is_tensor else None, column_weight, row_weight
+        )
+        ctx.temperature = None if is_tensor else temperature
+        ctx.floor, ctx.with_entropy = floor, with_entropy
+        spec = _DivergenceSpec(
+            temperature, column_weight, floor, with_entropy, _compute_dtype(scores, targets)
+        )
+        with torch.autocast(device_type=scores.device.type, enabled=False):
+            row_values = scores.new_empty(scores.shape[:-1], dtype=spec.dtype)
+            for start, stop in _chunk_bounds(scores):
+                row_values[start:stop] = _divergence_chunk_rows(
+                    scores[start:stop], targets[start:stop], spec.rows(start, stop)
+                )
+            if row_weight is not None:
+                row_values.mul_(row_weight)
+            return row_values.sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        scores, targets, temperature, column_weight, row_weight = ctx.saved_tensors
+        if ctx.temperature is not None:
+            temperature = ctx.temperature
+        spec = _DivergenceSpec(
+            temperature, column_weight, ctx.floor, ctx.with_entropy, grad_output.dtype
+        )
+        grad_scores = torch.empty_like(scores) if ctx.needs_input_grad[0] else None
+        grad_targets = torch.empty_like(targets) if ctx.needs_input_grad[1] else None
+        with torch.autocast(device_type=scores.device.type, enabled=False):
+            for start, stop in _chunk_bounds(scores):
+                scale = grad_output
+                if row_weight is not None:
+                    scale = scale * _slice_rows(row_weight, start, stop).unsqueeze(-1)
+                _divergence_chunk_grads(
+                    scores[start:stop], targets[start:stop], spec.rows(start, stop), scale,
+                    _slice_rows(grad_scores, start, stop), _slice_rows(grad_targets, start, stop),
+                )  # fmt: skip
+        return grad_scores, grad_targets, None, None, None, None, None
+
+
+def _divergence_chunk_rows(
+    scores: torch.Tensor, targets: torch.Tensor, spec: _DivergenceSpec
+) -> torch.Tensor:
+    """One chunk's row values ``Σ_k w_k p_k e_k``, written as the plain formula writes them."""
+    log_q = torch.log_softmax(spec.scaled(scores), -1)
+    p, log_p = spec.target_distribution(targets)
+    base, sign = spec.log_ratio(log_q, log_p)
+    rows = (spec.weighted(p, targets) * base).sum(-1)
+    return rows if sign > 0 else rows.neg_()
+
+
+def _divergence_chunk_grads(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    spec: _DivergenceSpec,
+    scale: torch.Tensor,
+    grad_scores: torch.Tensor | None,
+    grad_targets: torch.Tensor | None,
+) -> None:
+    """Writes one chunk's gradients (see ``_SoftmaxDivergenceSum``); ``scale`` = r · g.
+
+    The gradients reaching ``log q`` (``-g w p``) and ``p`` (``g w e``) go through the fused kernels
+    autograd itself uses for log_softmax and softmax, so that they equal the plain formula's to the
+    last bit or so: the target gradient ``p (g w e - Σ p g w e)`` cancels, and a different rounding
+    of that sum would show. Temporaries are dropped as soon as possible (chunk-sized, but several).
+    """
+    log_q = torch.log_softmax(spec.scaled(scores), -1)
+    scaled_targets = spec.scaled(targets)
+    p = torch.softmax(scaled_targets, -1)
+    need_log_p = grad_targets is not None and spec.with_entropy
+    log_p = torch.log_softmax(scaled_targets, -1) if need_log_p else None
+    del scaled_targets
+    if grad_scores is not None:
+        weighted_p = spec.weighted(p, targets)
+        # In place unless that would overwrite p while the target gradient still needs it.
+        keep_p = weighted_p is p and grad_targets is not None
+        grad_log_q = weighted_p * -scale if keep_p else weighted_p.mul_(-scale)
+        del weighted_p
+        values = torch._log_softmax_backward_data(grad_log_q, log_q, -1, log_q.dtype)
+        del grad_log_q
+        _write_scaled(values, spec.temperature, grad_scores)
+        del values
+    if grad_targets is not None:
+        base, sign = spec.log_ratio(log_q, log_p)
+        grad_p = spec.weighted(base, targets).mul_(sign * scale)
+        del base, log_q, log_p
+        _write_scaled(
+            torch._softmax_backward_data(grad_p, p, -1, p.dtype), spec.temperature, grad_targets
+        )
+
+
+def _write_scaled(values: torch.Tensor, temperature: Temperature, out: torch.Tensor) -> None:
+    """``out = values / temperature`` (``values`` is a temporary and may be overwritten)."""
+    if out.dtype == values.dtype:
+        torch.div(values, temperature, out=out)
+    else:
+        out.copy_(values.div_(temperature))
+
+
+def _softmax_divergence(
+    scores: torch.Tensor, targets: torch.Tensor, temperature: Temperature, with_entropy: bool
+) -> torch.Tensor:
+    """Mean over rows of Σ_c p (log p·[with_entropy] - log q); p from targets, q from scores."""
+    _check_same_shape(scores, targets, "KD logits")
+    dtype = _compute_dtype(scores, targets)
+    temperature = _row_temperature(temperature, scores, dtype)
+    classes = scores.size(-1)
+    scores, targets = scores.reshape(-1, classes), targets.reshape(-1, classes)
+    if isinstance(temperature, torch.Tensor):
+        if temperature.requires_grad:
+            return _plain_divergence(scores, targets, temperature.reshape(-1, 1), with_entropy)
+        temperature = temperature.reshape(-1, 1)
+    total = _SoftmaxDivergenceSum.apply(
+        scores, targets, temperature, None, None, None, with_entropy
+    )
+    return total / scores.size(0)
+
+
+def _plain_divergence(
+    scores: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor, with_entropy: bool
+) -> torch.Tensor:
+    """The divergence with plain autograd: used when the temperature itself requires grad."""
+    dtype = _compute_dtype(scores, targets)
+    log_q = torch.log_softmax(scores.to(dtype) / temperature, -1)
+    log_p = torch.log_softmax(targets.to(dtype) / temperature, -1)
+    terms = log_p - log_q if with_entropy else -log_q
+    return (torch.softmax(targets.to(dtype) / temperature, -1) * terms).sum(-1).mean()
+
+
+# -------------------------------------------------------------------------------------------------
+# Squared error: the autograd function behind the mse-type losses
+# -------------------------------------------------------------------------------------------------
+
+
+def _difference(student: torch.Tensor, teacher: torch.Tensor, floor: float | None) -> torch.Tensor:
+    """A new tensor ``S' - T'`` in the compute dtype; S', T' have entries <= floor set to 0."""
+    dtype = _compute_dtype(student, teacher)
+    if floor is None:
+        return student.to(dtype, copy=True).sub_(teacher)
+    difference = torch.where(student <= floor, 0.0, student.to(dtype))
+    return difference.sub_(torch.where(teacher <= floor, 0.0, teacher))
+
+
+def _zero_padding_(values: torch.Tensor, source: torch.Tensor, floor: float | None):
+    return values if floor is None else values.masked_fill_(source <= floor, 0)
+
+
+class _SquaredErrorSum(torch.autograd.Function):
+    """Σ (S' - T')² · row_weight · column_weight, saving only its inputs.
+
+    ``S'``, ``T'`` are the inputs with entries ``<= floor`` set to 0 when ``floor`` is set; the
+    weights broadcast against the inputs (which have equal shapes). Forward holds one temporary
+    the size of the input; backward recomputes the difference and turns it, in place, into the
+    gradient ``2 g (S' - T') · weights · [S > floor]`` (negated and masked by T for the teacher).
+    """
+
+    @staticmethod
+    def forward(ctx, S, T, row_weight, column_weight, floor):
+        ctx.save_for_backward(S, T, row_weight, column_weight)
+        ctx.floor = floor
+        with torch.autocast(device_type=S.device.type, enabled=False):
+            squares = _difference(S, T, floor).square_()
+            for weight in (row_weight, column_weight):
+                if weight is not None:
+                    squares.mul_(weight)
+            return squares.sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        S, T, row_weight, column_weight = ctx.saved_tensors
+        need_S, need_T = ctx.needs_input_grad[:2]
+        grad_S = grad_T = None
+        with torch.autocast(device_type=S.device.type, enabled=False):
+            grad = _difference(S, T, ctx.floor).mul_(2 * grad_output)
+            for weight in (row_weight, column_weight):
+                if weight is not None:
+                    grad.mul_(weight)
+            if need_T:
+                grad_T = _zero_padding_(grad.neg(), T, ctx.floor).to(T.dtype)
+            if need_S:
+                grad_S = _zero_padding_(grad, S, ctx.floor).to(S.dtype)
+        return grad_S, grad_T, None, None, None
+
+
+# -------------------------------------------------------------------------------------------------
+# KD losses
+# -------------------------------------------------------------------------------------------------
+
+
+@_without_autocast
+def kd_ce_loss(
+    logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Temperature = 1
+) -> torch.Tensor:
+    """Soft cross-entropy between the teacher's and the student's tempered distributions.
+
+    ``mean_rows( -Σ_c softmax(l_T / T)_c · log_softmax(l_S / T)_c )``, rows being every leading
+    position. Computed in chunks of rows: beyond its inputs it allocates little more than the
+    student's gradient, whatever the vocabulary size.
+
+    Args:
+        logits_S: student logits, (batch, classes) or (batch, length, classes).
+        logits_T: teacher logits, same shape.
+        temperature: a number, a 0-dim tensor, or one temperature per row, shape
+            ``logits_S.shape[:-1]``.
+
+    Returns:
+        The loss, a 0-dim tensor (float32 for low-precision inputs).
+
+    Raises:
+        ValueError: the shapes of the logits differ, or the temperature has another shape.
+    """
+    return _softmax_divergence(logits_S, logits_T, temperature, with_entropy=False)
+
+
+@_without_autocast
+def kd_kl_loss(
+    logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Temperature = 1
+) -> torch.Tensor:
+    """Forward KL divergence KL(p_T || p_S) of the tempered distributions, mean over rows.
+
+    ``mean_rows( Σ_c p_T,c · (log p_T,c - log p_S,c) )`` with ``p_X = softmax(l_X / T)``: the
+    cross-entropy of ``kd_ce_loss`` minus the teacher's entropy, so it has the same gradient in the
+    student and is 0 when the two logits are equal. Chunked like ``kd_ce_loss``.
+
+    Args:
+        logits_S: student logits, (batch, classes) or (batch, length, classes).
+        logits_T: teacher logits, same shape.
+        temperature: a number, a 0-dim tensor, or one temperature per row, shape
+            ``logits_S.shape[:-1]``.
+
+    Returns:
+        The loss, a 0-dim tensor (float32 for low-precision inputs).
+
+    Raises:
+        ValueError: the shapes of the logits differ, or the temperature has another shape.
+    """
+    return _softmax_divergence(logits_S, logits_T, temperature, with_entropy=True)
+
+
+@_without_autocast
+def kd_reverse_kl_loss(
+    logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Temperature = 1
+) -> torch.Tensor:
+    """Reverse KL divergence KL(p_S || p_T) of the tempered distributions, mean over rows.
+
+    ``mean_rows( Σ_c p_S,c · (log p_S,c - log p_T,c) )`` with ``p_X = softmax(l_X / T)``
+    (mode-seeking: the student is pushed to put its mass where the teacher's is). Chunked like
+    ``kd_ce_loss``.
+
+    Args:
+        logits_S: student logits, (batch, classes) or (batch, length, classes).
+        logits_T: teacher logits, same shape.
+        temperature: a number, a 0-dim tensor, or one temperature per row, shape
+            ``logits_S.shape[:-1]``.
+
+    Returns:
+        The loss, a 0-dim tensor (float32 for low-precision inputs).
+
+    Raises:
+        ValueError: the shapes of the logits differ, or the temperature has another shape.
+    """
+    return _softmax_divergence(logits_T, logits_S, temperature, with_entropy=True)
+
+
+@_without_autocast
+def kd_mse_loss(
+    logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Temperature = 1
+) -> torch.Tensor:
+    """Mean squared error of the tempered logits.
+
+    ``mean( (l_S / T - l_T / T)² )`` over every element, computed as ``Σ (l_S - l_T)² / T² / n``
+    without scaled copies of the logits (equal up to float rounding).
+
+    Args:
+        logits_S: student logits, (batch, classes) or (batch, length, classes).
+        logits_T: teacher logits, same shape.
+        temperature: a number, a 0-dim tensor, or one temperature per row, shape
+            ``logits_S.shape[:-1]``.
+
+    Returns:
+        The loss, a 0-dim tensor (float32 for low-precision inputs).
+
+    Raises:
+        ValueError: the shapes of the logits differ, or the temperature has another shape.
+    """
+    _check_same_shape(logits_S, logits_T, "KD logits")
+    dtype = _compute_dtype(logits_S, logits_T)
+    temperature = _row_temperature(temperature, logits_S, dtype)
+    if not isinstance(temperature, torch.Tensor) or temperature.dim() == 0:
+        # One temperature: Σ (l_S - l_T)² / (n T²), with the memory-lean squared error.
+        total = _SquaredErrorSum.apply(logits_S, logits_T, None, None, None)
+        return total / (logits_S.numel() * temperature**2)
+    if temperature.requires_grad:
+        return F.mse_loss(logits_S.to(dtype) / temperature, logits_T.to(dtype) / temperature)
+    weight = temperature.square().reciprocal()
+    return _SquaredErrorSum.apply(logits_S, logits_T, weight, None, None) / logits_S.numel()
+
+
+# -------------------------------------------------------------------------------------------------
+# Attention losses
+# -------------------------------------------------------------------------------------------------
+
+
+@_without_autocast
+def att_mse_loss(
+    S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error of attention scores.
+
+    Without a mask, entries ``<= -1e-3`` (padding scores) are set to 0 in both inputs, then
+    ``mean((S - T)²)``. With a mask ``m`` (no zeroing):
+    ``Σ_{b,h,q,k} (S - T)² · m_q · m_k / Σ_{b,h} (Σ_l m_l)²``.
+
+    Args:
+        S: student scores, (batch, heads, length, length); without a mask any shape.
+        T: teacher scores, same shape.
+        mask: optional (batch, length) of 0/1 (bool, int or float).
+
+    Returns:
+        The loss, a 0-dim tensor.
+
+    Raises:
+        ValueError: the shapes differ, or the mask does not fit the scores.
+    """
+    _check_same_shape(S, T, "attention_mse")
+    if mask is None:
+        return _SquaredErrorSum.apply(S, T, None, None, _PADDING_SCORE) / S.numel()
+    m, m_q, m_k, heads = _attention_mask(mask, S, _compute_dtype(S, T))
+    total = _SquaredErrorSum.apply(S, T, m_q, m_k, None)
+    return total / (m.sum(-1).square().sum() * heads)
+
+
+@_without_autocast
+def att_mse_sum_loss(
+    S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``att_mse_loss`` of the scores summed over heads.
+
+    4-D inputs are summed over dim 1 (heads); 3-D inputs are used as they are. Then as
+    ``att_mse_loss``: without a mask, zero entries ``<= -1e-3`` and take ``mean((S - T)²)``; with a
+    mask, ``Σ (S - T)² · m_q · m_k / Σ_b (Σ_l m_l)²``.
+
+    Args:
+        S: student scores, (batch, heads, length, length) or (batch, length, length).
+        T: teacher scores, same shape.
+        mask: optional (batch, length) of 0/1 (bool, int or float).
+
+    Returns:
+        The loss, a 0-dim tensor.
+
+    Raises:
+        ValueError: the shapes differ, or the mask does not fit the scores.
+    """
+    _check_same_shape(S, T, "attention_mse_sum")
+    if S.dim() == 4:
+        dtype = _compute_dtype(S, T)
+        S, T = S.sum(1, dtype=dtype), T.sum(1, dtype=dtype)
+    return att_mse_loss(S, T, mask)
+
+
+@_without_autocast
+def att_ce_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy between the teacher's and the student's attention distributions.
+
+    ``P = softmax(T, -1)``. Without a mask, ``P`` is set to 0 where ``T <= -1e-3`` (padding keys),
+    then ``mean( -Σ_k P · log_softmax(S, -1) )`` over every row. With a mask ``m`` (``P`` not
+    zeroed): ``Σ_{b,h,q} m_q · (-Σ_k P · log_softmax(S) · m_k) / Σ_{b,h,q} m_q``. The softmaxes
+    run over every key, masked ones included.
+
+    Args:
+        S: student scores, (batch, heads, length, length); without a mask any shape.
+        T: teacher scores, same shape.
+        mask: optional (batch, length) of 0/1 (bool, int or float).
+
+    Returns:
+        The loss, a 0-dim tensor.
+
+    Raises:
+        ValueError: the shapes differ, or the mask does not fit the scores.
+    """
+    _check_same_shape(S, T, "attention_ce")
+    if mask is None:
+        keys = S.size(-1)
+        scores, targets = S.reshape(-1, keys), T.reshape(-1, keys)
+        total = _SoftmaxDivergenceSum.apply(scores, targets, 1, None, None, _PADDING_SCORE, False)
+        return total / scores.size(0)
+    m, m_q, m_k, heads = _attention_mask(mask, S, _compute_dtype(S, T))
+    total = _SoftmaxDivergenceSum.apply(S, T, 1, m_k, m_q.squeeze(-1), None, False)
+    return total / (m.sum() * heads)
+
+
+@_without_autocast
+def att_ce_mean_loss(
+    S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``att_ce_loss`` of the scores averaged over heads.
+
+    4-D inputs are averaged over dim 1 (heads); 3-D inputs are used as they are. Then as
+    ``att_ce_loss`` with (batch, length, length) scores.
+
+    Args:
+        S: student scores, (batch, heads, length, length) or (batch, length, length).
+        T: teacher scores, same shape.
+        mask: optional (batch, length) of 0/1 (bool, int or float).
+
+    Returns:
+        The loss, a 0-dim tensor.
+
+    Raises:
+        ValueError: the shapes differ, or the mask does not fit the scores.
+    """
+    _check_same_shape(S, T, "attention_ce_mean")
+    if S.dim() == 4:
+        # A sum then a division of the small result, rather than mean(1): the input's gradient is
+        # then a broadcast view instead of a full-size division result.
+        dtype, heads = _compute_dtype(S, T), S.size(1)
+        S, T = S.sum(1, dtype=dtype) / heads, T.sum(1, dtype=dtype) / heads
+    return att_ce_loss(S, T, mask)
+
+
+# -------------------------------------------------------------------------------------------------
+# Hidden-state losses
+# -------------------------------------------------------------------------------------------------
+
+
+@_without_autocast
+def hid_mse_loss(
+    S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error of hidden states.
+
+    No mask: ``mean((S - T)²)``. With a mask ``m``: ``Σ (S - T)² · m / (Σ m · D)``.
+
+    Args:
+        S: student hidden states, (batch, length, hidden); without a mask any shape.
+        T: teacher hidden states, same shape.
+        mask: optional (batch, length) of 0/1 (bool, int or float).
+
+    Returns:
+        The loss, a 0-dim tensor.
+
+    Raises:
+        ValueError: the shapes differ, or the mask does not fit the hidden states.
+    """
+    _check_same_shape(S, T, "hidden_mse")
+    if mask is None:
+        return _SquaredErrorSum.apply(S, T, None, None, None) / S.numel()
+    _check_position_mask(mask, S.shape[:-1], "hidden_mse")
+    m = mask.to(device=S.device, dtype=_compute_dtype(S, T))
+    total = _SquaredErrorSum.apply(S, T, m.unsqueeze(-1), None, None)
+    return total / (m.sum() * S.size(-1))
+
+
+@_without_autocast
+def cos_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cosine distance between student and teacher vectors, position by position.
+
+    ``mean_n (1 - cos(S_n, T_n))`` over the positions ``n`` the mask keeps (every position
+    without a mask). A float mask acts as weights: ``Σ m (1 - cos) / Σ m``.
+
+    Args:
+        S: student hidden states, (batch, length, hidden) (or any (..., hidden) without a mask).
+        T: teacher hidden states, same shape.
+        mask: optional (batch, length) of 0/1 (bool, int or float).
+
+    Returns:
+        The loss, a 0-dim tensor.
+
+    Raises:
+        ValueError: the shapes differ, or the mask does not fit the hidden states.
+    """
+    _check_same_shape(S, T, "cos")
+    dtype = _compute_dtype(S, T)
+    distances = 1 - F.cosine_similarity(S.to(dtype), T.to(dtype), dim=-1)
+    if mask is None:
+        return distances.mean()
+    _check_position_mask(mask, S.shape[:-1], "cos")
+    m = mask.to(device=S.device, dtype=dtype)
+    return (distances * m).sum() / m.sum()
+
+
+@_without_autocast
+def pkd_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Patient-KD loss: squared distance of the L2-normalised first-position vectors.
+
+    3-D inputs are reduced to position 0 (the [CLS] vector), 2-D inputs are used as they are; each
+    row is L2-normalised, then ``mean_rows( Σ_d (s_d - t_d)² )``.
+
+    Args:
+        S: student hidden states, (batch, length, hidden) or (batch, hidden).
+        T: teacher hidden states, same shape.
+        mask: accepted for a uniform signature and unused.
+
+    Returns:
+        The loss, a 0-dim tensor.
+
+    Raises:
+        ValueError: the shapes differ.
+    """
+    _check_same_shape(S, T, "pkd")
+    if S.dim() == 3:
+        S, T = S[:, 0], T[:, 0]
+    dtype = _compute_dtype(S, T)
+    s, t = F.normalize(S.to(dtype), dim=-1), F.normalize(T.to(dtype), dim=-1)
+    return (s - t).square().sum(-1).mean()
+
+
+def _fsp_matrix(
+    first: torch.Tensor, second: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """``first^T second / L`` per example, (batch, D0, D1); with a mask, masked rows and Σm."""
+    first, second = first.to(dtype), second.to(dtype)
+    if mask is None:
+        return first.transpose(1, 2) @ second / first.size(1)
+    _check_position_mask(mask, first.shape[:2], "fsp")
+    m = mask.to(device=first.device, dtype=dtype).unsqueeze(-1)
+    return (first * m).transpose(1, 2) @ second / m.sum(1, keepdim=True)
+
+
+@_without_autocast
+def fsp_loss(
+    S: Sequence[torch.Tensor], T: Sequence[torch.Tensor], mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """FSP (flow of solution procedure, "gram") loss between two pairs of layers.
+
+    ``G = S0ᵀ S1 / L`` per example, (batch, hidden, hidden); with a mask ``m`` the rows are
+    multiplied by ``m`` and the product divided by ``Σ_l m_l`` instead of ``L``. Loss
+    ``mean((G_S - G_T)²)``.
+
+    Args:
+        S: the student's pair ``(S0, S1)``, each (batch, length, hidden).
+        T: the teacher's pair ``(T0, T1)``, same shapes.
+        mask: optional (batch, length) of 0/1 (bool, int or float).
+
+    Returns:
+        The loss, a 0-dim tensor.
+
+    Raises:
+        ValueError: S or T is not a pair, shapes differ, or the mask does not fit.
+    """
+    (S0, S1), (T0, T1) = _pair(S, "fsp: S"), _pair(T, "fsp: T")
+    _check_same_shape(S0, T0, "fsp (first layer)")
+    _check_same_shape(S1, T1, "fsp (second layer)")
+    dtype = _compute_dtype(S0, S1, T0, T1)
+    return F.mse_loss(_fsp_matrix(S0, S1, mask, dtype), _fsp_matrix(T0, T1, mask, dtype))
+
+
+@_without_autocast
+def mmd_loss(
+    S: Sequence[torch.Tensor], T: Sequence[torch.Tensor], mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """NST ("mmd") loss: squared error of position-by-position similarity matrices.
+
+    No mask: ``G_X = X0 X1ᵀ / D_X`` (batch, length, length), each side divided by its own hidden
+    size, loss ``mean((G_S - G_T)²)``. With a mask (TextBrewer 0.2.1's behaviour, kept exactly):
+    ``G_X = X0 X1ᵀ / L`` on both sides and loss ``Σ (G_S - G_T)² m_q m_k / Σ_b (Σ_l m_l)²``; so
+    an all-ones mask is not the same as no mask unless ``D == L``.
+
+    Args:
+        S: the student's pair ``(S0, S1)``, each (batch, length, hidden_S).
+        T: the teacher's pair ``(T0, T1)``, each (batch, length, hidden_T).
+        mask: optional (batch, length) of 0/1 (bool, int or float).
+
+    Returns:
+        The loss, a 0-dim tensor.
+
+    Raises:
+        ValueError: S or T is not a pair, the similarity matrices' shapes differ, or the mask does
+            not fit.
+    """
+    (S0, S1), (T0, T1) = _pair(S, "mmd: S"), _pair(T, "mmd: T")
+    dtype = _compute_dtype(S0, S1, T0, T1)
+    S0, S1, T0, T1 = (x.to(dtype) for x in (S0, S1, T0, T1))
+    if mask is None:
+        gram_S = S0 @ S1.transpose(1, 2) / S0.size(-1)
+        gram_T = T0 @ T1.transpose(1, 2) / T0.size(-1)
+        _check_same_shape(gram_S, gram_T, "mmd (similarity matrices)")
+        return F.mse_loss(gram_S, gram_T)
+    gram_S = S0 @ S1.transpose(1, 2) / S0.size(1)
+    gram_T = T0 @ T1.transpose(1, 2) / T0.size(1)
+    _check_same_shape(gram_S, gram_T, "mmd (similarity matrices)")
+    m, m_q, m_k, _ = _attention_mask(mask, gram_S, dtype)
+    total = _SquaredErrorSum.apply(gram_S, gram_T, m_q, m_k, None)
+    return total / m.sum(-1).square().sum()
