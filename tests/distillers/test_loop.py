@@ -278,11 +278,21 @@ def test_progress_messages_use_the_textbrewer_logger(tmp_path, caplog):
 
 
 def test_loss_log_flushes_all_pending_values_in_order():
-    log = _logging.LossLog()
+    writer = FakeWriter("unused")
+    log = _logging.LossLog(writer)
     for index in range(3):
         log.record(index, 1, torch.tensor(float(index)), {"a": torch.tensor(2.0 * index)})
     log.flush()
-    assert log._pending == []
+    assert writer.scalars == [
+        ("scalar/total_loss", 0, 0.0),
+        ("scalar/a", 0, 0.0),
+        ("scalar/total_loss", 1, 1.0),
+        ("scalar/a", 1, 2.0),
+        ("scalar/total_loss", 2, 2.0),
+        ("scalar/a", 2, 4.0),
+    ]
+    log.flush()
+    assert len(writer.scalars) == 6
 
 
 def test_progress_bar_counts_optimizer_steps_and_shows_the_running_loss(tmp_path, monkeypatch):

@@ -31,15 +31,18 @@ class LossLog:
     def __init__(self, writer: Any = None, progress: Any = None) -> None:
         self.writer = writer
         self.progress = progress
-        self._pending: list[tuple[int, int, torch.Tensor, dict[str, Any]]] = []
+        self._pending: list[tuple[int, int, list[str], torch.Tensor]] = []
 
     def record(
         self, micro_index: int, global_step: int, total: torch.Tensor, parts: dict[str, Any]
     ) -> None:
         """Keeps one micro-batch's losses (``global_step`` = the optimizer step it feeds)."""
-        # Detached, not read: reading here would sync the device on every micro-batch.
-        detached = {name: _detached(value) for name, value in parts.items()}
-        self._pending.append((micro_index, global_step, _detached(total), detached))
+        # Stacked, not read: reading here would sync the device on every micro-batch, and one
+        # stacked tensor per micro-batch keeps the flush to a single conversion and copy.
+        values = [_detached(total), *(_detached(value) for value in parts.values())]
+        first = values[0]
+        stacked = torch.stack([value.to(first.device, first.dtype) for value in values])
+        self._pending.append((micro_index, global_step, list(parts), stacked))
 
     def flush(self, engine: Any = None) -> None:
         """Reads everything pending back at once; writes scalars; raises on a non-finite total.
@@ -53,16 +56,13 @@ class LossLog:
                 raise NonFiniteLossError("the total loss became non-finite on another rank")
             return
         pending, self._pending = self._pending, []
-        flat = [total for _, _, total, _ in pending]
-        for _, _, _, parts in pending:
-            flat.extend(parts.values())
-        device = flat[0].device
+        device = pending[0][3].device
         dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
-        values = torch.stack([value.to(device, dtype) for value in flat]).tolist()
-        totals, part_values = values[: len(pending)], iter(values[len(pending) :])
+        values = iter(torch.cat([stacked.to(dtype) for *_, stacked in pending]).tolist())
         rows = []
-        for (micro_index, step, _, parts), total in zip(pending, totals):
-            rows.append((micro_index, step, total, {name: next(part_values) for name in parts}))
+        for micro_index, step, names, _ in pending:
+            total = next(values)
+            rows.append((micro_index, step, total, {name: next(values) for name in names}))
         self._check_finite(rows, engine)
         self._write(rows)
 

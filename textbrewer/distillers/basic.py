@@ -158,8 +158,13 @@ class BasicDistiller(AbstractDistiller):
             result = self._check_result(adaptor(raw_T, outputs), f"adaptor_T[{index}]")
             if "logits" not in result:
                 raise ValueError("is_caching_logits=True needs adaptor_T to return 'logits'")
-            logits.append([tensor.detach().cpu() for tensor in result["logits"]])
+            logits.append([self._to_host(tensor) for tensor in result["logits"]])
         return logits
+
+    def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        # Pinned host memory lets the per-step copy back to the GPU run without a sync.
+        host = tensor.detach().cpu()
+        return host.pin_memory() if self.device.type == "cuda" else host
 
     def _adaptors_T(self) -> list[Any]:
         return [self.adaptor_T]

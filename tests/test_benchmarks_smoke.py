@@ -1,0 +1,117 @@
+"""The loop benchmarks run end to end at tiny sizes (no timing assertions: CI machines vary)."""
+
+import gc
+import importlib
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def load_benchmark(monkeypatch, tmp_path):
+    """Imports a benchmark module; restores threads and RNG states, keeps files in tmp_path."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    threads = torch.get_num_threads()
+    torch_rng, python_rng = torch.get_rng_state(), random.getstate()
+    yield importlib.import_module
+    gc.unfreeze()  # the benchmarks freeze the objects alive at their first timed run
+    torch.set_num_threads(threads)
+    torch.set_rng_state(torch_rng)
+    random.setstate(python_rng)
+    for name in ("bench_loop", "bench_caching", "bench_scaling", "_models"):
+        sys.modules.pop(name, None)
+
+
+def assert_rows(rows, keys, positive):
+    assert rows
+    for row in rows:
+        assert set(keys) <= set(row), sorted(set(keys) - set(row))
+        for key in positive:
+            assert row[key] > 0, (key, row)
+
+
+@pytest.mark.slow
+def test_loop_benchmark_runs_and_the_loop_reads_nothing_back_between_logs(load_benchmark):
+    bench_loop = load_benchmark("bench_loop")
+    rows = bench_loop.run(smoke=True)
+    assert [row["case"] for row in rows] == ["basic_kd", "general_4_matches", "trainer"]
+    assert_rows(
+        rows,
+        keys=[
+            "library_ms",
+            "hand_ms",
+            "ratio",
+            "overhead_ms",
+            "library_wall_ms",
+            "hand_wall_ms",
+            "tiny_overhead_ms",
+            "implied_ratio",
+            "syncs_per_micro_batch",
+            "syncs_per_micro_batch_log_every_1",
+        ],
+        positive=["library_ms", "hand_ms", "library_wall_ms", "hand_wall_ms", "ratio"],
+    )
+    for row in rows:
+        # log_every_n_steps exceeds the run: no read-back from the device per micro-batch.
+        assert row["syncs_per_micro_batch"] == 0, row
+        # With a read-back every step the counter does see it (the instrument works).
+        assert row["syncs_per_micro_batch_log_every_1"] > 0, row
+
+
+def test_sync_counter_attributes_reads_and_restores_the_tensor_methods(load_benchmark):
+    models = load_benchmark("_models")
+    before = {name: torch.Tensor.__dict__.get(name) for name in ("item", "__bool__", "tolist")}
+    with models.SyncCounter() as counter:
+        value = torch.tensor(2.0)
+        value.item()
+        bool(value)
+        value.tolist()
+    assert counter.counts["user"] == 3
+    assert counter.counts["textbrewer"] == 0
+    after = {name: torch.Tensor.__dict__.get(name) for name in before}
+    assert after == before
+
+
+@pytest.mark.slow
+def test_caching_benchmark_runs(load_benchmark):
+    bench_caching = load_benchmark("bench_caching")
+    rows = bench_caching.run(smoke=True)
+    assert [row["variant"] for row in rows] == ["no caching", "is_caching_logits=True"]
+    assert_rows(
+        rows,
+        keys=["epoch_ms", "batch_ms", "first_epoch_ms", "speedup", "speedup_min", "speedup_max"],
+        positive=["epoch_ms", "batch_ms", "first_epoch_ms", "speedup"],
+    )
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_runs(load_benchmark):
+    bench_scaling = load_benchmark("bench_scaling")
+    rows = bench_scaling.run(smoke=True)
+    assert [(row["length"], row["matches"]) for row in rows] == [(8, 0), (8, 4), (16, 0), (16, 4)]
+    assert_rows(
+        rows,
+        keys=["library_ms", "hand_ms", "ratio", "overhead_ms"],
+        positive=["library_ms", "hand_ms", "ratio"],
+    )
+
+
+def test_hand_loops_do_exactly_the_arithmetic_of_the_library(load_benchmark):
+    bench_loop = load_benchmark("bench_loop")
+    models = load_benchmark("_models")
+    with models.SaveTimer():
+        env = bench_loop.make_env(models.SMOKE, tempfile.gettempdir(), batches=2)
+        for name, (library, hand) in bench_loop.CASES.items():
+            ours, theirs = library(env), hand(env)
+            ours(3)
+            theirs(3)
+            trained, by_hand = ours.model.state_dict(), theirs.model.state_dict()
+            for key, value in trained.items():
+                assert torch.equal(value, by_hand[key]), (name, key)
