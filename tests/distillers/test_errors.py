@@ -232,3 +232,9 @@ def test_probability_shift_without_labels(tmp_path):
     )
     with pytest.raises(ValueError, match="adaptor_S must return 'labels'"):
         distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(1), 1)
+
+
+def test_non_callable_batch_postprocessor_in_step_mode(tmp_path):
+    distiller, optimizer = general(tmp_path, ckpt_steps=1)
+    with pytest.raises(TypeError, match="`batch_postprocessor`=3 must be callable"):
+        distiller.train(optimizer, None, make_batches(1), None, num_steps=1, batch_postprocessor=3)

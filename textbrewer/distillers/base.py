@@ -230,6 +230,7 @@ class AbstractDistiller:
 
     # ----------------------------------------------------------------- session helpers
     def _build_plan(self, call: TrainCall) -> Any:
+        _check_postprocessor(call.batch_postprocessor)
         if call.num_steps is not None:
             return self._step_plan(call, CycledLoader(call.data, call.batch_postprocessor))
         if not hasattr(call.data, "__len__"):
@@ -237,7 +238,6 @@ class AbstractDistiller:
                 f"epoch mode needs a `dataloader` with __len__ to place checkpoints; "
                 f"{type(call.data).__name__} has none: train with num_steps=... instead"
             )
-        _check_postprocessor(call.batch_postprocessor)
         return self._epoch_plan(call, LoaderPasses(call.data), len(call.data))
 
     def _epoch_plan(self, call: TrainCall, source: Any, batches_per_epoch: int) -> EpochPlan:
