@@ -45,7 +45,7 @@ if importlib.util.find_spec("textbrewer") is None:
 
 import textbrewer
 from textbrewer import presets
-from textbrewer.distillers import _checkpoint
+from textbrewer.training import checkpoint as _checkpoint
 
 SEED = 1234
 VOCAB = 1000
@@ -373,7 +373,7 @@ class SaveTimer:
 
     Step mode always checkpoints at ``num_steps`` (and epoch mode at epoch ends); writing a file
     with ``fsync`` is not loop overhead, so the benchmarks subtract it. The library's writer
-    ``textbrewer.distillers._checkpoint.atomic_save`` is wrapped (files are still written, into a
+    ``textbrewer.training.checkpoint.atomic_save`` is wrapped (files are still written, into a
     temporary directory); each call's start and end are recorded on both clocks.
     """
 

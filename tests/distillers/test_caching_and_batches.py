@@ -199,7 +199,7 @@ def test_custom_matches_add_their_loss_through_forward_hooks(tmp_path):
 
 def test_subclass_adds_its_own_loss_term_and_it_is_logged(tmp_path, monkeypatch):
     logged = []
-    from textbrewer.distillers import _logging
+    from textbrewer.training import loss_log as _logging
 
     original_write = _logging.LossLog._write
     monkeypatch.setattr(

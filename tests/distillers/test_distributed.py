@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 import textbrewer
 from tests.conftest import make_batches, make_models, simple_adaptor, training_config
-from textbrewer.distillers._plans import LoaderPasses
+from textbrewer.training.plans import LoaderPasses
 
 pytestmark = pytest.mark.slow
 

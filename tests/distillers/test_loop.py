@@ -13,7 +13,7 @@ from tests.conftest import (
     simple_adaptor,
     training_config,
 )
-from textbrewer.distillers import _logging
+from textbrewer.training import loss_log as _logging
 
 
 def basic_distiller(tmp_path, dtype=torch.float64, **config):
@@ -296,7 +296,7 @@ def test_loss_log_flushes_all_pending_values_in_order():
 
 
 def test_progress_bar_counts_optimizer_steps_and_shows_the_running_loss(tmp_path, monkeypatch):
-    from textbrewer.distillers import _session
+    from textbrewer.training import session as _session
 
     bars = []
 

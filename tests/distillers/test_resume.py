@@ -14,7 +14,7 @@ from tests.conftest import (
     simple_adaptor,
     training_config,
 )
-from textbrewer.distillers import _checkpoint
+from textbrewer.training import checkpoint as _checkpoint
 
 MATCHES = [
     {

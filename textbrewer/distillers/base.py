@@ -19,14 +19,14 @@ from torch import nn
 
 from textbrewer import presets
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers import _checkpoint as ckpt
-from textbrewer.distillers._arguments import SINGLE_SOURCE, CallStyle, TrainCall, parse_train_call
 from textbrewer.distillers._batches import AdaptorChecker, AdaptorResult, call_model
-from textbrewer.distillers._engine import Engine, unwrap
 from textbrewer.distillers._kd import KDLoss, LossParts, check_lengths, sum_of_means
-from textbrewer.distillers._logging import LossLog
-from textbrewer.distillers._plans import CycledLoader, EpochPlan, LoaderPasses, StepPlan
-from textbrewer.distillers._session import (
+from textbrewer.training import checkpoint as ckpt
+from textbrewer.training.arguments import SINGLE_SOURCE, CallStyle, TrainCall, parse_train_call
+from textbrewer.training.engine import Engine, unwrap
+from textbrewer.training.loss_log import LossLog
+from textbrewer.training.plans import CycledLoader, EpochPlan, LoaderPasses, StepPlan
+from textbrewer.training.session import (
     Progress,
     open_log,
     prepare_optimizer,

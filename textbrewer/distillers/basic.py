@@ -10,16 +10,16 @@ import torch
 from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._arguments import TrainCall
 from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device, split_batch
 from textbrewer.distillers._kd import combine_parts
-from textbrewer.distillers._plans import CachedPasses
 from textbrewer.distillers.base import (
     AbstractDistiller,
     LossParts,
     check_module,
     checked_adaptor,
 )
+from textbrewer.training.arguments import TrainCall
+from textbrewer.training.plans import CachedPasses
 
 logger = logging.getLogger(__name__)
 

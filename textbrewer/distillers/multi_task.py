@@ -9,16 +9,16 @@ import torch
 from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._arguments import MULTI_TASK, TrainCall
 from textbrewer.distillers._batches import call_model, move_to_device, split_batch
 from textbrewer.distillers._matching import MatchComputer, MatchingHooks
-from textbrewer.distillers._plans import StepPlan, TaskBatch, TaskSampler
 from textbrewer.distillers.base import (
     AbstractDistiller,
     LossParts,
     check_module,
     checked_adaptor,
 )
+from textbrewer.training.arguments import MULTI_TASK, TrainCall
+from textbrewer.training.plans import StepPlan, TaskBatch, TaskSampler
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from textbrewer.distillers._checkpoint import capture_rng_state, restore_rng_state
+from textbrewer.training.checkpoint import capture_rng_state, restore_rng_state
 
 Postprocessor = Optional[Callable[[Any], Any]]
 

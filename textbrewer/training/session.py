@@ -10,10 +10,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from textbrewer.configurations import TrainingConfig
-from textbrewer.distillers import _checkpoint as ckpt
-from textbrewer.distillers._arguments import TrainCall
-from textbrewer.distillers._engine import Engine, unwrap
-from textbrewer.distillers._logging import LossLog
+from textbrewer.training import checkpoint as ckpt
+from textbrewer.training.arguments import TrainCall
+from textbrewer.training.engine import Engine, unwrap
+from textbrewer.training.loss_log import LossLog
 
 logger = logging.getLogger(__name__)
 
