@@ -33,6 +33,13 @@ TRAINING_EXTRA_DEFAULTS = [
     ("save_training_state", False),
     ("log_every_n_steps", 50),
     ("progress_bar", True),
+    ("eval_steps", None),
+    ("save_total_limit", None),
+    ("metric_for_best_model", None),
+    ("greater_is_better", None),
+    ("early_stopping_patience", None),
+    ("early_stopping_threshold", 0.0),
+    ("log_train_scalars", False),
 ]
 DISTILLATION_DEFAULTS = [
     ("temperature", 4),
@@ -169,6 +176,13 @@ def test_str_of_a_training_config_is_one_name_colon_value_line_per_field_in_orde
         "save_training_state : False",
         "log_every_n_steps : 50",
         "progress_bar : True",
+        "eval_steps : None",
+        "save_total_limit : None",
+        "metric_for_best_model : None",
+        "greater_is_better : None",
+        "early_stopping_patience : None",
+        "early_stopping_threshold : 0.0",
+        "log_train_scalars : False",
     ]
 
 
@@ -985,3 +999,45 @@ def test_building_distillers_from_the_configs_does_not_mutate_either_config(tmp_
     assert train_config.to_dict() == train_before
     assert distill_config.to_dict() == distill_before
     assert str(distill_config) == text_before
+
+
+# ---------------------------------------------------------------- checkpoint lifecycle fields
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"save_total_limit": 0}, "`save_total_limit`=0 must be an int >= 1"),
+        ({"eval_steps": 2.5}, "`eval_steps`=2.5 must be an int"),
+        ({"metric_for_best_model": 3}, "`metric_for_best_model`=3 must be the name (str)"),
+        ({"greater_is_better": "yes", "metric_for_best_model": "f1"}, "`greater_is_better`='yes'"),
+        ({"early_stopping_threshold": -0.1}, "`early_stopping_threshold`=-0.1 must be >= 0"),
+        ({"log_train_scalars": 1}, "`log_train_scalars`=1 must be True or False"),
+        (
+            {"early_stopping_patience": 3},
+            "`early_stopping_patience`=3 needs `metric_for_best_model`",
+        ),
+    ],
+)
+def test_lifecycle_fields_are_validated(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainingConfig(output_dir=str(tmp_path), **overrides)
+
+
+def test_greater_is_better_without_a_metric_warns(tmp_path):
+    with pytest.warns(UserWarning, match="`greater_is_better` has no effect"):
+        TrainingConfig(output_dir=str(tmp_path), greater_is_better=False)
+
+
+def test_lifecycle_fields_round_trip(tmp_path):
+    config = TrainingConfig(
+        output_dir=str(tmp_path),
+        eval_steps=5,
+        save_total_limit=2,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        early_stopping_patience=3,
+        early_stopping_threshold=0.01,
+        log_train_scalars=True,
+    )
+    assert TrainingConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

@@ -25,6 +25,7 @@ from textbrewer.presets import (
     WEIGHT_SCHEDULER,
     register_new,
 )
+from textbrewer.training.run_report import TrainResult
 
 Distillers = {
     "Basic": BasicDistiller,
@@ -49,6 +50,7 @@ __all__ = [
     "GeneralDistiller",
     "MultiTaskDistiller",
     "MultiTeacherDistiller",
+    "TrainResult",
     "TrainingConfig",
     "__version__",
     "data_utils",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any, ClassVar, TypeVar, Union
 
 import torch
@@ -107,6 +108,27 @@ class TrainingConfig(_Config):
             tensorboard, the progress bar and the non-finite loss check. Every micro-batch's value
             is still logged, with its own index; larger values mean fewer host-device syncs.
         progress_bar: show a tqdm progress bar (rank 0 only).
+        eval_steps: also call ``callback(model=..., step=...)`` every this many optimizer steps,
+            besides at checkpoints (where it is called as always); ``None``: only at checkpoints.
+            An evaluation step is not a checkpoint unless it improves the best metric or stops
+            the run early (then ``gs{step}.pkl`` is written, so the best or final model is a file).
+        save_total_limit: keep only the last this many ``gs{step}.pkl`` checkpoints (with their
+            ``.state.pt``) that this run wrote; older ones are deleted after the new one is
+            written. The best checkpoint (``metric_for_best_model``) is kept besides them.
+            ``None`` keeps all, as TextBrewer 0.2.x did.
+        metric_for_best_model: a key of the metrics dict the callback returns; the checkpoint
+            with the best value is tracked, kept, and reported (``TrainResult.best_checkpoint``).
+        greater_is_better: whether a larger ``metric_for_best_model`` is better; ``None`` means
+            ``True`` unless the metric's name ends in ``'loss'``.
+        early_stopping_patience: stop after this many evaluations in a row that do not improve
+            ``metric_for_best_model`` (by more than ``early_stopping_threshold``); the step it
+            stops at is written as a checkpoint. ``None``: never stop early.
+        early_stopping_threshold: how much better than the best a value must be to count as an
+            improvement (``>= 0``).
+        log_train_scalars: also write ``train/learning_rate`` (``train/learning_rate_{i}`` per
+            further param group), ``train/kd_loss_weight``, ``train/hard_label_weight``,
+            ``train/temperature`` (with a temperature scheduler), ``train/grad_norm`` and
+            ``train/samples_per_second`` to tensorboard, at the optimizer step.
 
     Example:
         >>> config = TrainingConfig(device="cpu", output_dir=tmp_dir, ckpt_frequency=2)
@@ -129,6 +151,13 @@ class TrainingConfig(_Config):
     save_training_state: bool = False
     log_every_n_steps: int = 50
     progress_bar: bool = True
+    eval_steps: int | None = None
+    save_total_limit: int | None = None
+    metric_for_best_model: str | None = None
+    greater_is_better: bool | None = None
+    early_stopping_patience: int | None = None
+    early_stopping_threshold: float = 0.0
+    log_train_scalars: bool = False
 
     def __post_init__(self) -> None:
         problems = Problems("TrainingConfig")
@@ -150,6 +179,7 @@ class TrainingConfig(_Config):
         problems.integer("local_rank", self.local_rank, -1)
         problems.integer("log_every_n_steps", self.log_every_n_steps, 1)
         self._check_precision(problems)
+        self._check_lifecycle(problems)
         problems.raise_if_any()
         # Stored as strings so that from_dict(to_dict(config)) == config.
         self.device = str(self.device)
@@ -179,6 +209,36 @@ class TrainingConfig(_Config):
             problems.add(
                 f"`fp16`=True contradicts `mixed_precision`={self.mixed_precision!r} "
                 "(set one of them: fp16=True is mixed_precision='fp16')"
+            )
+
+    def _check_lifecycle(self, problems: Problems) -> None:
+        for field in ("eval_steps", "save_total_limit", "early_stopping_patience"):
+            if getattr(self, field) is not None:
+                problems.integer(field, getattr(self, field), 1)
+        if self.metric_for_best_model is not None and not isinstance(
+            self.metric_for_best_model, str
+        ):
+            problems.add(
+                f"`metric_for_best_model`={self.metric_for_best_model!r} must be the name (str) "
+                "of a metric the callback returns, or None"
+            )
+        if self.greater_is_better is not None:
+            problems.boolean("greater_is_better", self.greater_is_better)
+        threshold = self.early_stopping_threshold
+        if problems.number("early_stopping_threshold", threshold) and threshold < 0:
+            problems.add(
+                f"`early_stopping_threshold`={self.early_stopping_threshold!r} must be >= 0"
+            )
+        problems.boolean("log_train_scalars", self.log_train_scalars)
+        if self.early_stopping_patience is not None and self.metric_for_best_model is None:
+            problems.add(
+                f"`early_stopping_patience`={self.early_stopping_patience!r} needs "
+                "`metric_for_best_model`: the name of the metric whose improvement it watches"
+            )
+        if self.greater_is_better is not None and self.metric_for_best_model is None:
+            warnings.warn(
+                "TrainingConfig: `greater_is_better` has no effect without `metric_for_best_model`",
+                stacklevel=3,
             )
 
     def _is_main_process(self) -> bool:

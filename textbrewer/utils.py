@@ -19,7 +19,7 @@ from typing import Callable, TypeVar
 import torch
 from torch import nn
 
-__all__ = ["ParameterNode", "cycle", "display_parameters", "initializer_builder"]
+__all__ = ["ParameterNode", "cycle", "display_parameters", "initializer_builder", "tqdm_print"]
 
 T = TypeVar("T")
 
@@ -263,3 +263,19 @@ def initializer_builder(std: float) -> Callable[[nn.Module], None]:
                 module.bias.zero_()
 
     return init
+
+
+def tqdm_print(*values: object, sep: str = " ", end: str = "\n", file: object = None) -> None:
+    """``print`` that keeps tqdm progress bars intact (use it in callbacks).
+
+    A plain ``print`` while the training progress bar is shown writes into the bar's line and
+    leaves a broken bar behind; this prints above the bar (``tqdm.write``) and redraws it.
+    Arguments are those of ``print``; ``file`` defaults to standard output.
+
+    Example:
+        >>> def callback(model, step):
+        ...     tqdm_print(f"step {step}: accuracy 0.91")
+    """
+    from tqdm.auto import tqdm
+
+    tqdm.write(sep.join(str(value) for value in values), file=file, end=end)

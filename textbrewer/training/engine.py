@@ -84,6 +84,8 @@ class Engine:
                 self.device.type,
             )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.measure_grad_norm = config.log_train_scalars
+        self.last_grad_norm: torch.Tensor | None = None
 
     @property
     def is_main(self) -> bool:
@@ -127,13 +129,22 @@ class Engine:
     ) -> bool:
         """Clips (after unscaling), steps the optimizer and updates the scale.
 
+        The gradient norm of ``clip_parameters`` (before clipping, a device tensor) is kept in
+        ``last_grad_norm`` when clipping computes it or ``measure_grad_norm`` asks for it.
+
         Returns:
             Whether the optimizer really stepped: an fp16 step with inf/NaN gradients is skipped,
             and the caller must not advance the LR scheduler then.
         """
         if max_grad_norm > 0:
             self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(list(clip_parameters), max_grad_norm)
+            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(
+                list(clip_parameters), max_grad_norm
+            )
+        elif self.measure_grad_norm:
+            self.scaler.unscale_(optimizer)
+            grads = [p.grad for p in clip_parameters if p.grad is not None]
+            self.last_grad_norm = _total_norm(grads) if grads else None
         if not self.scaler.is_enabled():
             optimizer.step()
             return True
@@ -159,6 +170,15 @@ class Engine:
         tensor = torch.tensor([1.0 if flag else 0.0], device=device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return bool(tensor.item())
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    # The 2-norm of all gradients together, on the device (no read-back).
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: fused per device
+        return torch.nn.utils.get_total_norm(grads)
+    device = grads[0].device
+    norms = [torch.linalg.vector_norm(grad).to(device) for grad in grads]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -32,6 +32,8 @@ class LossLog:
         self.writer = writer
         self.progress = progress
         self._pending: list[tuple[int, int, list[str], torch.Tensor]] = []
+        self._pending_steps: list[tuple[int, dict[str, float], list[str], torch.Tensor]] = []
+        self.last_losses: dict[str, float] = {}
 
     def record(
         self, micro_index: int, global_step: int, total: torch.Tensor, parts: dict[str, Any]
@@ -43,6 +45,21 @@ class LossLog:
         first = values[0]
         stacked = torch.stack([value.to(first.device, first.dtype) for value in values])
         self._pending.append((micro_index, global_step, list(parts), stacked))
+
+    def record_step(self, global_step: int, values: dict[str, Any]) -> None:
+        """Keeps one optimizer step's scalars, written as ``train/<name>`` at ``global_step``.
+
+        Host numbers are kept as they are; tensors (a gradient norm) stay on the device and are
+        read back with the losses, in the same transfer.
+        """
+        host = {name: float(v) for name, v in values.items() if not isinstance(v, torch.Tensor)}
+        names = [name for name, value in values.items() if isinstance(value, torch.Tensor)]
+        tensors = [values[name].detach().reshape(()) for name in names]
+        stacked = torch.zeros(0)
+        if tensors:
+            first = tensors[0]
+            stacked = torch.stack([value.to(first.device, first.dtype) for value in tensors])
+        self._pending_steps.append((global_step, host, names, stacked))
 
     def flush(self, engine: Any = None) -> None:
         """Reads everything pending back at once; writes scalars; raises on a non-finite total.
@@ -56,15 +73,23 @@ class LossLog:
                 raise NonFiniteLossError("the total loss became non-finite on another rank")
             return
         pending, self._pending = self._pending, []
+        steps, self._pending_steps = self._pending_steps, []
         device = pending[0][3].device
         dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
-        values = iter(torch.cat([stacked.to(dtype) for *_, stacked in pending]).tolist())
+        tensors = [stacked.to(dtype) for *_, stacked in pending]
+        tensors += [stacked.to(device, dtype) for *_, stacked in steps]
+        values = iter(torch.cat(tensors).tolist())
         rows = []
         for micro_index, step, names, _ in pending:
             total = next(values)
             rows.append((micro_index, step, total, {name: next(values) for name in names}))
+        step_rows = [
+            (step, {**host, **{name: next(values) for name in names}})
+            for step, host, names, _ in steps
+        ]
         self._check_finite(rows, engine)
         self._write(rows)
+        self._write_steps(step_rows)
 
     def _check_finite(self, rows: list, engine: Any) -> None:
         bad = next((row for row in rows if not math.isfinite(row[2])), None)
@@ -90,10 +115,20 @@ class LossLog:
         if self.progress is not None and rows:
             running = sum(row[2] for row in rows) / len(rows)
             self.progress.set_postfix(loss=f"{running:.4g}", refresh=False)
+        if rows:
+            self.last_losses = _means(rows)
+
+    def _write_steps(self, step_rows: list) -> None:
+        if self.writer is None:
+            return
+        for step, scalars in step_rows:
+            for name, value in scalars.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
 
     def close(self) -> None:
         """Drops anything not flushed (training failed) and closes the writer and progress bar."""
         self._pending = []
+        self._pending_steps = []
         if self.writer is not None:
             self.writer.close()
         if self.progress is not None:
@@ -104,3 +139,12 @@ def _detached(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach()
     return torch.tensor(float(value))
+
+
+def _means(rows: list) -> dict[str, float]:
+    """The mean total loss and mean of each part over the rows of one read-back."""
+    means = {"total_loss": sum(row[2] for row in rows) / len(rows)}
+    for name in rows[-1][3]:
+        values = [row[3][name] for row in rows if name in row[3]]
+        means[name] = sum(values) / len(values)
+    return means
