@@ -68,11 +68,11 @@ def test_step_scalars_are_off_by_default_and_list_every_group(tmp_path):
     optimizer = torch.optim.SGD(
         [{"params": [torch.nn.Parameter(torch.zeros(1))]}, {"params": [], "lr": 0.5}], lr=0.1
     )
-    weights = {"kd_loss_weight": 0.3, "hard_label_weight": 0.7}
-    assert RunMonitor(training_config(tmp_path)).step_scalars(optimizer, weights, {}) == {}
-    monitor = RunMonitor(training_config(tmp_path, log_train_scalars=True))
     norm = torch.tensor(2.0)
-    scalars = monitor.step_scalars(optimizer, weights, {"grad_norm": norm, "temperature": None})
+    values = {"kd_loss_weight": 0.3, "hard_label_weight": 0.7, "grad_norm": norm}
+    assert RunMonitor(training_config(tmp_path)).step_scalars(optimizer, values) == {}
+    monitor = RunMonitor(training_config(tmp_path, log_train_scalars=True))
+    scalars = monitor.step_scalars(optimizer, {**values, "temperature": None})
     assert scalars == {
         "learning_rate": 0.1,
         "learning_rate_1": 0.5,

@@ -38,7 +38,7 @@ class CheckpointLifecycle:
     Args:
         config: reads ``save_total_limit``, ``metric_for_best_model``, ``greater_is_better``,
             ``early_stopping_patience`` and ``early_stopping_threshold``.
-        deletes_files: whether this process deletes surplus files (rank 0 only).
+        is_main: whether this process deletes surplus files and logs (rank 0).
 
     Attributes:
         kept: checkpoint paths (str) this run wrote and still keeps, oldest first.
@@ -49,13 +49,13 @@ class CheckpointLifecycle:
         stop_reason: a sentence saying why training stops early, or ``None``.
     """
 
-    def __init__(self, config: TrainingConfig, deletes_files: bool = True) -> None:
+    def __init__(self, config: TrainingConfig, is_main: bool = True) -> None:
         self.limit = config.save_total_limit
         self.metric = config.metric_for_best_model
         self.greater = greater_is_better(config) if self.metric is not None else True
         self.patience = config.early_stopping_patience
         self.threshold = config.early_stopping_threshold
-        self.deletes_files = deletes_files
+        self.is_main = is_main
         self.kept: list[str] = []
         self.best_metric: float | None = None
         self.best_step: int | None = None
@@ -114,6 +114,8 @@ class CheckpointLifecycle:
                 f"(early_stopping_patience={self.patience})"
             )
             self._wants_checkpoint = True
+            if self.is_main:
+                logger.info("Stopping: %s", self.stop_reason)
 
     def _improves(self, value: float) -> bool:
         if math.isnan(value):
@@ -159,7 +161,7 @@ class CheckpointLifecycle:
     def delete_surplus(self) -> list[str]:
         """Deletes the surplus checkpoints and their ``.state.pt`` files; returns their paths."""
         surplus, self._surplus = self._surplus, []
-        if self.deletes_files:
+        if self.is_main:
             for path in surplus:
                 for doomed in (Path(path), state_path_for(path)):
                     with contextlib.suppress(FileNotFoundError):
@@ -177,6 +179,18 @@ class CheckpointLifecycle:
             "best_checkpoint": self.best_checkpoint,
             "evaluations_without_improvement": self.evaluations_without_improvement,
             "surplus": list(self._surplus),
+        }
+
+    @staticmethod
+    def initial_state() -> dict[str, Any]:
+        """The state of a lifecycle that has seen nothing (for state files that predate it)."""
+        return {
+            "kept": [],
+            "best_metric": None,
+            "best_step": None,
+            "best_checkpoint": None,
+            "evaluations_without_improvement": 0,
+            "surplus": [],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -235,13 +249,16 @@ def resume_source(resume_from: Any, output_dir: str | os.PathLike) -> Path | Non
     return find_state_file(resume_from)
 
 
-def check_continuation(saved: dict[str, Any], current: dict[str, Any], global_step: int) -> None:
+def check_continuation(
+    saved: dict[str, Any], current: dict[str, Any], global_step: int, path: Any = None
+) -> None:
     """Accepts a resume whose plan differs from the saved one only by being longer.
 
     Args:
         saved: ``plan.describe()`` as saved in the training state.
         current: this call's ``plan.describe()``.
         global_step: the saved optimizer step.
+        path: the state file, for messages.
 
     Raises:
         ValueError: another mode, another number of steps per epoch, or a plan shorter than
@@ -254,7 +271,7 @@ def check_continuation(saved: dict[str, Any], current: dict[str, Any], global_st
         same_mode = _steps_per_epoch(saved) == _steps_per_epoch(current)
     if not same_mode or current["total_steps"] < global_step:
         raise ValueError(
-            f"cannot resume: the checkpoint was saved by a run with {saved} at optimizer step "
+            f"cannot resume from {str(path)!r}: it was saved by a run with {saved} at step "
             f"{global_step}, this call trains with {current}; resume with the same data and "
             "mode, and as many or more epochs/steps"
         )

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from textbrewer.configurations import TrainingConfig
+from textbrewer.training.lifecycle import greater_is_better
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,10 @@ class RunMonitor:
         self._window_started = self.started
         self._window_samples = 0
 
+    def start(self) -> None:
+        """(Re)starts the clock: the run's time excludes building and resuming."""
+        self.started = self._window_started = time.perf_counter()
+
     def count(self, batch: Any) -> None:
         """Adds one micro-batch's samples (its leading dimension)."""
         if not self.counting:
@@ -134,25 +139,21 @@ class RunMonitor:
         self.samples += size
         self._window_samples += size
 
-    def step_scalars(
-        self, optimizer: Any, weights: dict[str, float], extra: dict[str, Any]
-    ) -> dict[str, Any]:
+    def step_scalars(self, optimizer: Any, values: dict[str, Any]) -> dict[str, Any]:
         """The ``train/*`` values of one optimizer step (empty unless ``log_train_scalars``).
 
         Args:
             optimizer: its param groups' ``lr`` give ``learning_rate`` (``learning_rate_{i}``
                 for groups after the first).
-            weights: ``kd_loss_weight`` and ``hard_label_weight`` as the distiller holds them.
-            extra: device tensors or numbers such as ``grad_norm`` and ``temperature``; ``None``
-                values are left out.
+            values: numbers or device tensors such as ``kd_loss_weight``, ``grad_norm`` and
+                ``temperature``; ``None`` values are left out.
         """
         if not self.log_train_scalars:
             return {}
         scalars: dict[str, Any] = {}
         for index, group in enumerate(optimizer.param_groups):
             scalars["learning_rate" if index == 0 else f"learning_rate_{index}"] = group["lr"]
-        scalars.update(weights)
-        scalars.update({name: value for name, value in extra.items() if value is not None})
+        scalars.update({name: value for name, value in values.items() if value is not None})
         return scalars
 
     def throughput(self) -> dict[str, float]:
@@ -176,10 +177,65 @@ class RunMonitor:
         return self.samples * self.world_size / elapsed
 
 
-def log_start_banner(facts: dict[str, Any]) -> None:
-    """Logs one INFO line per fact, under a heading; ``None`` facts are left out."""
-    lines = [f"  {name}: {value}" for name, value in facts.items() if value is not None]
-    logger.info("Training starts\n%s", "\n".join(lines))
+def start_facts(session: Any, distiller: str, student: Any, extra_modules: list[Any]) -> dict:
+    """The start banner's lines, ``{name: text}``, from a ``Session`` about to run.
+
+    Args:
+        session: the session (engine, plan, config, progress, call).
+        distiller: the distiller's class name.
+        student: the (unwrapped) student.
+        extra_modules: the trainable modules besides the student (projections).
+    """
+    engine, plan, config = session.engine, session.plan, session.config
+    facts = {
+        "distiller": distiller,
+        "device": f"{engine.device}, precision: {engine.precision}, "
+        f"world size: {engine.world_size}",
+        "steps": _describe_steps(plan, config.gradient_accumulation_steps),
+        "checkpoints": describe_checkpoints(
+            planned_checkpoints(plan, session.progress.global_step), _lifecycle_notes(config)
+        )
+        + f" in {config.output_dir}",
+        "evaluation": _describe_evaluation(config, session.call.callback),
+        "trainable parameters": f"student {trainable_parameters(student.parameters()):,}",
+    }
+    extra = trainable_parameters(p for module in extra_modules for p in module.parameters())
+    if extra_modules:
+        facts["trainable parameters"] += f", projections and extra modules {extra:,}"
+    if session.resumed_from is not None:
+        facts["resuming"] = f"at step {session.progress.global_step} from {session.resumed_from}"
+    return {name: value for name, value in facts.items() if value is not None}
+
+
+def _describe_steps(plan: Any, accumulation: int) -> str:
+    if getattr(plan, "mode", None) == "epoch":
+        text = (
+            f"{plan.num_epochs} epochs x {plan.steps_per_epoch} optimizer steps = "
+            f"{plan.total_steps}"
+        )
+    else:
+        text = f"{plan.total_steps} optimizer steps"
+    return text + (f" (gradient accumulation {accumulation})" if accumulation > 1 else "")
+
+
+def _lifecycle_notes(config: TrainingConfig) -> list[str]:
+    notes = []
+    if config.save_total_limit is not None:
+        notes.append(f"keep the last {config.save_total_limit}")
+    if config.metric_for_best_model is not None:
+        direction = "greater" if greater_is_better(config) else "lower"
+        notes.append(f"best by {config.metric_for_best_model!r}, {direction} is better")
+    if config.early_stopping_patience is not None:
+        notes.append(f"early stopping patience {config.early_stopping_patience}")
+    if config.save_training_state:
+        notes.append("resumable")
+    return notes
+
+
+def _describe_evaluation(config: TrainingConfig, callback: Any) -> str | None:
+    if config.eval_steps is not None:
+        return f"every {config.eval_steps} steps and at checkpoints"
+    return "at checkpoints (callback)" if callback is not None else None
 
 
 def describe_checkpoints(steps: list[int] | None, extras: list[str]) -> str:
