@@ -58,7 +58,6 @@ MATCH_LOSS_MAP: dict[str, Callable[..., Any]] = {
 """Intermediate-feature losses, called ``loss(feature_S, feature_T, mask=inputs_mask)``."""
 
 
-
 @dataclasses.dataclass(frozen=True)
 class MatchLossInfo:
     """What the distillers need to know about a built-in match loss, beyond calling it.

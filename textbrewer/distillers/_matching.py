@@ -17,6 +17,7 @@ from textbrewer.distillers._batches import AdaptorResult
 from textbrewer.distillers._kd import LossParts, combine_parts, to_float32
 from textbrewer.matches import IntermediateMatch
 
+
 class ProjectionBank(nn.Module):
     """The trainable projections of the matches, applied in one call per step.
 
@@ -228,7 +229,8 @@ class MatchingHooks:
     """The loss and session hooks of a distiller with intermediate matches (``self.matches``).
 
     Mixed into ``GeneralDistiller`` and ``MultiTaskDistiller``: the loss is the KD and hard-label
-    terms followed by every match, and the projections join the session through the hooks.
+    terms (``self.terms``) followed by every match, and the projections join the session through
+    the hooks (param groups with their options, DDP wrapping, the training state).
     """
 
     matches: MatchComputer
@@ -242,7 +244,7 @@ class MatchingHooks:
         self, results_S: AdaptorResult, results_T: AdaptorResult
     ) -> tuple[torch.Tensor, LossParts]:
         """KD and hard-label terms, then every intermediate and custom match, in order."""
-        parts = self._logits_and_label_parts(results_S, results_T)
+        parts = self.terms.parts(results_S, results_T)
         parts.extend(self.matches(results_S, results_T))
         return combine_parts(parts)
 
@@ -257,15 +259,6 @@ class MatchingHooks:
     def wrap_extra_modules(self, wrapped: list[nn.Module]) -> None:
         """Uses the (DDP-)wrapped projections for the forward passes."""
         self.matches.use_wrapped(wrapped)
-
-    def extra_state(self) -> dict[str, Any]:
-        """The projections' and custom projections' weights."""
-        return {"modules": [module.state_dict() for module in self.extra_modules()]}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restores the projections' weights."""
-        for module, saved in zip(self.extra_modules(), state.get("modules", [])):
-            module.load_state_dict(saved)
 
 
 def _part_name(match: IntermediateMatch) -> str:

@@ -198,3 +198,38 @@ def _check_optional_int(name: str, value: Any) -> None:
         raise TypeError(f"`{name}`={value!r} must be an int")
     if value < 1:
         raise ValueError(f"`{name}`={value!r} must be >= 1")
+
+
+def check_postprocessors(value: Any, tasks: list[str] | None = None) -> None:
+    """Checks ``batch_postprocessor`` (one callable), or MultiTask's ``batch_postprocessors``.
+
+    Args:
+        value: what the call passed (``None`` means none).
+        tasks: the task names of a multi-task distiller, whose ``batch_postprocessors`` is a dict
+            task name -> callable; ``None`` for the single-source distillers.
+
+    Raises:
+        TypeError: not callable, or not a dict of callables.
+        KeyError: a task name the distiller does not have.
+    """
+    if value is None:
+        return
+    if tasks is None:
+        if not callable(value):
+            raise TypeError(f"`batch_postprocessor`={value!r} must be callable(batch) -> batch")
+        return
+    if not isinstance(value, dict):
+        raise TypeError(
+            f"`batch_postprocessors`={value!r} must be a dict: task name -> callable(batch)"
+        )
+    unknown = sorted(set(value) - set(tasks))
+    if unknown:
+        raise KeyError(
+            f"`batch_postprocessors` has task(s) {unknown} not in model_T (tasks: {sorted(tasks)})"
+        )
+    for task, postprocessor in value.items():
+        if postprocessor is not None and not callable(postprocessor):
+            raise TypeError(
+                f"`batch_postprocessors[{task!r}]`={postprocessor!r} must be callable(batch) -> "
+                "batch"
+            )
