@@ -86,13 +86,13 @@ def teacher_forward(model: Callable[..., Any], batch: Any, args: dict[str, Any])
         return call_model(model, batch, args)
 
 
-TeacherModels = Union[nn.Module, Sequence[nn.Module], None]
+_TeacherModels = Union[nn.Module, Sequence[nn.Module], None]
 
 
 def get_outputs_from_batch(
     batch: Any,
     device: torch.device | str,
-    model_T: TeacherModels,
+    model_T: _TeacherModels,
     model_S: Callable[..., Any],
     args: dict[str, Any] | None = None,
     no_teacher_forward: bool = False,

@@ -30,8 +30,14 @@ class CallStyle:
     options: tuple[str, ...]
 
 
-SINGLE_SOURCE = CallStyle(
-    data_name="dataloader",
+def _call_style(data_name: str, documented: tuple[str, ...], legacy: tuple[str, ...]) -> CallStyle:
+    # Every name either order can take by position is also a keyword, and so is resume_from.
+    options = tuple(dict.fromkeys((*documented, *legacy, "resume_from")))
+    return CallStyle(data_name, documented, legacy, options)
+
+
+SINGLE_SOURCE = _call_style(
+    "dataloader",
     documented=(
         "scheduler",
         "dataloader",
@@ -51,22 +57,10 @@ SINGLE_SOURCE = CallStyle(
         "callback",
         "batch_postprocessor",
     ),
-    options=(
-        "scheduler",
-        "dataloader",
-        "num_epochs",
-        "num_steps",
-        "callback",
-        "batch_postprocessor",
-        "scheduler_class",
-        "scheduler_args",
-        "max_grad_norm",
-        "resume_from",
-    ),
 )
 
-MULTI_TASK = CallStyle(
-    data_name="dataloaders",
+MULTI_TASK = _call_style(
+    "dataloaders",
     documented=("scheduler", "dataloaders", "num_steps", "tau", "callback", "batch_postprocessors"),
     legacy=(
         "dataloaders",
@@ -78,18 +72,6 @@ MULTI_TASK = CallStyle(
         "tau",
         "callback",
         "batch_postprocessors",
-    ),
-    options=(
-        "scheduler",
-        "dataloaders",
-        "num_steps",
-        "tau",
-        "callback",
-        "batch_postprocessors",
-        "scheduler_class",
-        "scheduler_args",
-        "max_grad_norm",
-        "resume_from",
     ),
 )
 
