@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import textbrewer
-from textbrewer.utils import display_parameters
+from textbrewer.utils import display_parameters, tqdm_print
 
 PAD, NOT = 0, 1
 TOPICS, WORDS_PER_TOPIC = 4, 6
@@ -155,8 +155,15 @@ def train_teacher(args, loader: DataLoader, output_dir: Path) -> Classifier:
     return teacher
 
 
-def distil_student(args, teacher: Classifier, loader: DataLoader, output_dir: Path):
-    """GeneralDistiller: KD on the logits plus hidden-state matches through projections."""
+def distil_student(
+    args, teacher: Classifier, loader: DataLoader, output_dir: Path, dev_set: TensorDataset
+):
+    """GeneralDistiller: KD on the logits plus hidden-state matches through projections.
+
+    After each checkpoint the callback measures accuracy on ``dev_set``: it prints with
+    ``tqdm_print`` (a plain ``print`` would break the progress bar) and returns the metric, which
+    the run logs and uses to keep track of the best checkpoint.
+    """
     student = Classifier(dim=args.student_dim, layers=1)
     dims = [args.student_dim, args.teacher_dim]  # projections map student -> teacher width
     distill_config = textbrewer.DistillationConfig(
@@ -171,8 +178,18 @@ def distil_student(args, teacher: Classifier, loader: DataLoader, output_dir: Pa
              "weight": 1, "proj": ["linear", *dims]},
         ],
     )  # fmt: skip
+    training_config = textbrewer.TrainingConfig(
+        device="cpu", output_dir=str(output_dir / "student"), metric_for_best_model="accuracy"
+    )
+
+    def evaluate(model, step):
+        with torch.no_grad():
+            dev_accuracy = accuracy(model, dev_set)
+        tqdm_print(f"step {step}: student accuracy {dev_accuracy:.3f}")
+        return {"accuracy": dev_accuracy}
+
     distiller = textbrewer.GeneralDistiller(
-        textbrewer.TrainingConfig(device="cpu", output_dir=str(output_dir / "student")),
+        training_config,
         distill_config,
         model_T=teacher,
         model_S=student,
@@ -180,7 +197,7 @@ def distil_student(args, teacher: Classifier, loader: DataLoader, output_dir: Pa
         adaptor_S=adaptor,
     )
     with distiller:  # teacher in eval mode, student in train mode
-        distiller.train(
+        result = distiller.train(
             torch.optim.AdamW(student.parameters(), lr=args.student_lr),
             dataloader=loader,
             num_epochs=args.student_epochs,
@@ -188,8 +205,9 @@ def distil_student(args, teacher: Classifier, loader: DataLoader, output_dir: Pa
             # optimizer, then builds the scheduler, so that it drives them too
             scheduler_class=torch.optim.lr_scheduler.LambdaLR,
             scheduler_args=linear_decay(len(loader) * args.student_epochs),
+            callback=evaluate,
         )
-    return student
+    return student, result
 
 
 # ----------------------------------------------------------------------------- main
@@ -228,7 +246,7 @@ def main(argv=None) -> dict:
         teacher = train_teacher(args, loader, output_dir)
         teacher_accuracy = accuracy(teacher, test_set)
         print(f"teacher accuracy: {teacher_accuracy:.3f}")
-        student = distil_student(args, teacher, loader, output_dir)
+        student, result = distil_student(args, teacher, loader, output_dir, test_set)
         student_accuracy = accuracy(student, test_set)
     finally:
         torch.set_num_threads(previous_threads)
@@ -242,6 +260,8 @@ def main(argv=None) -> dict:
         "student_params": student_params,
         "teacher_mib": teacher_mib,
         "student_mib": student_mib,
+        "best_checkpoint": result.best_checkpoint,
+        "best_accuracy": result.best_metric,
         "seconds": time.perf_counter() - start,
     }
     print(f"student accuracy: {student_accuracy:.3f} (chance {1 / TOPICS:.2f})")
@@ -251,6 +271,7 @@ def main(argv=None) -> dict:
         f"({teacher_params / student_params:.1f}x smaller)"
     )
     print("the student's parameters, by module:", display_parameters(student, max_level=1)[0])
+    print(f"best checkpoint: {result.best_checkpoint} (accuracy {result.best_metric:.3f})")
     print(f"checkpoints in {output_dir}; done in {results['seconds']:.1f} s")
     return results
 

@@ -50,6 +50,10 @@ def test_quickstart_student_learns_from_the_teacher_well_above_chance(tmp_path):
     assert results["student_params"] * 4 < results["teacher_params"]
     checkpoints = sorted(path.name for path in (tmp_path / "quickstart" / "student").iterdir())
     assert checkpoints == ["gs24.pkl", "gs48.pkl", "gs72.pkl"]
+    assert results["best_checkpoint"] in [
+        str(tmp_path / "quickstart" / "student" / n) for n in checkpoints
+    ]
+    assert results["best_accuracy"] >= results["student_accuracy"]
 
 
 @pytest.mark.slow

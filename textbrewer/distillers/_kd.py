@@ -103,6 +103,7 @@ class KDLoss:
         self.loss = loss
         self.temperature = temperature
         self.temperature_scheduler = temperature_scheduler
+        self.last_temperature: Any = None  # the scheduler's last answer, for logging
         self.probability_shift = probability_shift
 
     def __call__(
@@ -142,6 +143,7 @@ class KDLoss:
                 "the temperature scheduler returned a function: it is a builder that needs its "
                 "arguments, e.g. temperature_scheduler=['flsw', beta, gamma]"
             )
+        self.last_temperature = temperature
         return temperature
 
 
@@ -229,6 +231,16 @@ class DistillationTerms:
         """Applies the weight schedulers after an optimizer step (``global_step / total``)."""
         for field, schedule in self.schedules.items():
             setattr(self, field, schedule(fraction_done))
+
+    def logged_values(self) -> dict[str, Any]:
+        """The weights, and the mean scheduled temperature of the last KD pair (a tensor)."""
+        values: dict[str, Any] = self.state_dict()
+        temperature = self.kd.last_temperature
+        if isinstance(temperature, torch.Tensor):
+            values["temperature"] = temperature.detach().float().mean()
+        elif temperature is not None:
+            values["temperature"] = float(temperature)
+        return values
 
     def state_dict(self) -> dict[str, Any]:
         """The current weights."""

@@ -38,6 +38,7 @@ from textbrewer.training.arguments import (
 )
 from textbrewer.training.engine import Engine, unwrap
 from textbrewer.training.plans import CycledLoader, EpochPlan, LoaderPasses, Plan, StepPlan
+from textbrewer.training.run_report import TrainResult
 from textbrewer.training.session import Session, Stateful, prepare_optimizer
 
 logger = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ class AbstractDistiller:
             model.train(was_training)
 
     # ----------------------------------------------------------------- the loop
-    def train(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+    def train(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> TrainResult:
         """Trains the student.
 
         Two call styles are accepted, positionally or by keyword:
@@ -248,9 +249,13 @@ class AbstractDistiller:
                 ``scheduler_class`` with ``scheduler_args`` (built as
                 ``scheduler_class(optimizer=optimizer, **scheduler_args)`` after the projection
                 groups are added), ``max_grad_norm`` (clip the student's gradients when > 0),
-                ``resume_from`` (a ``gs{N}.pkl`` written with ``save_training_state=True``, its
-                ``.state.pt``, or the output directory for its latest one); any other keyword is
-                passed to every model forward.
+                ``resume_from`` (``True``: the latest resumable checkpoint in ``output_dir``;
+                ``'auto'``: that one if there is one, else start fresh; or a ``gs{N}.pkl`` written
+                with ``save_training_state=True``, its ``.state.pt``, or a directory for its
+                latest one); any other keyword is passed to every model forward.
+
+        Returns:
+            A ``TrainResult``: global step, last losses, last metrics, best checkpoint.
         """
         call = parse_train_call(self._call_style, optimizer, args, kwargs)
         session = self._open_session(call)
@@ -261,17 +266,19 @@ class AbstractDistiller:
         finally:
             session.close()
             self._restore_modes(previous_modes)
+        return session.finish()
 
     def _open_session(self, call: TrainCall) -> Session:
         plan = self._build_plan(call)
         scheduler = prepare_optimizer(call, self.extra_param_groups())
-        session = Session(call, plan, scheduler, self._engine)
+        session = Session(call, plan, scheduler, self._engine, self.t_config)
         session.stateful.update(self._stateful_parts())
         for schedule in self.schedules():
             schedule.reset()
             session.stateful[schedule.name] = schedule
         if call.resume_from is not None:
             session.resume(call.resume_from)
+        session.announce(type(self).__name__, unwrap(self.model_S), self.extra_modules())
         session.open_log(self.t_config)
         return session
 
@@ -293,23 +300,25 @@ class AbstractDistiller:
                 total, parts = self.train_on_batch(micro.batch, session.call.model_args)
                 engine.backward(total)
             log.record(progress.micro_index, progress.global_step + 1, total, parts)
+            session.monitor.count(micro.batch)
             progress.micro_index += 1
             if not micro.ends_step:
                 continue
             self._optimizer_step(session)
-            if plan.is_checkpoint(progress.global_step):
+            saves = plan.is_checkpoint(progress.global_step)
+            if saves or session.evaluation.is_due(progress.global_step):
                 log.flush(engine)
-                self._checkpoint(session)
-            if plan.is_done(progress.global_step):
+                self._checkpoint(session, saves)
+            if plan.is_done(progress.global_step) or session.lifecycle.should_stop:
                 break
         log.flush(engine)
-        logger.info("Training done after %d optimizer steps", progress.global_step)
 
     def _optimizer_step(self, session: Session) -> None:
         engine, progress, optimizer = self._engine, session.progress, session.optimizer
         stepped = engine.step(
             optimizer, unwrap(self.model_S).parameters(), session.call.max_grad_norm
         )
+        session.record_step(self._step_values)  # the LR and weights this step used
         if stepped and session.scheduler is not None:  # a skipped fp16 step keeps the LR
             session.scheduler.step()
         optimizer.zero_grad()
@@ -321,18 +330,33 @@ class AbstractDistiller:
         if progress.global_step % self.t_config.log_every_n_steps == 0:
             session.log.flush(engine)
 
-    def _checkpoint(self, session: Session) -> None:
-        step = session.progress.global_step
+    def _checkpoint(self, session: Session, saves: bool) -> None:
+        step, lifecycle = session.progress.global_step, session.lifecycle
         path = ckpt.checkpoint_path(self.t_config.output_dir, step)
-        if self._engine.is_main:
-            ckpt.atomic_save(unwrap(self.model_S).state_dict(), path)
-            logger.info("Saved checkpoint %s", path)
-        if session.call.callback is not None:
-            session.call.callback(model=self.model_S, step=step)
-            self.model_S.train()
+        if saves:
+            self._save_student(path)
+        lifecycle.observe(step, session.evaluate(self.model_S, step), path)
+        if not saves and lifecycle.needs_checkpoint():  # the best or the final model is a file
+            self._save_student(path)
+            saves = True
+        if not saves:
+            return
+        lifecycle.record_checkpoint(path)
         if self.t_config.save_training_state:
             # Taken after the callback, so random draws an evaluation makes are part of it.
             session.save(ckpt.state_path_for(path))
+        lifecycle.delete_surplus()  # only now that the new files are on disk
+
+    def _save_student(self, path: Any) -> None:
+        if self._engine.is_main:
+            ckpt.atomic_save(unwrap(self.model_S).state_dict(), path)
+            logger.info("Saved checkpoint %s", path)
+
+    def _step_values(self) -> dict[str, Any]:
+        values = {"grad_norm": self._engine.last_grad_norm}
+        for schedule in self.schedules():
+            values.update(getattr(schedule, "logged_values", dict)())
+        return values
 
     # ----------------------------------------------------------------- plans
     def _build_plan(self, call: TrainCall) -> Plan:

@@ -58,9 +58,9 @@ class BasicDistiller(UsesDistillationTerms, AbstractDistiller):
         >>> data = [(torch.randn(8, 4),) for _ in range(4)]
         >>> optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
         >>> with distiller:
-        ...     distiller.train(optimizer, None, data, num_epochs=2)
-        >>> sorted(os.listdir(tmp_dir))
-        ['gs4.pkl', 'gs8.pkl']
+        ...     result = distiller.train(optimizer, None, data, num_epochs=2)
+        >>> sorted(os.listdir(tmp_dir)), result.global_step
+        (['gs4.pkl', 'gs8.pkl'], 8)
     """
 
     _supports_caching = True

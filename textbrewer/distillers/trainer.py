@@ -39,7 +39,7 @@ class BasicTrainer(AbstractDistiller):
         ...                                       progress_bar=False), model, adaptor)
         >>> data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]
         >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> trainer.train(optimizer, None, data, num_epochs=1)
+        >>> result = trainer.train(optimizer, None, data, num_epochs=1)
         >>> sorted(os.listdir(tmp_dir))
         ['gs3.pkl']
     """

@@ -21,8 +21,11 @@ from textbrewer.configurations import TrainingConfig
 from textbrewer.training import checkpoint as ckpt
 from textbrewer.training.arguments import TrainCall
 from textbrewer.training.engine import Engine
+from textbrewer.training.evaluation import Evaluation, check_evaluation, report_metrics
+from textbrewer.training.lifecycle import CheckpointLifecycle, check_continuation, resume_source
 from textbrewer.training.loss_log import LossLog
 from textbrewer.training.plans import Plan
+from textbrewer.training.run_report import RunMonitor, TrainResult, log_end_summary, start_facts
 
 logger = logging.getLogger(__name__)
 
@@ -63,24 +66,37 @@ class Session:
         plan: where micro-batches come from and which steps are checkpoints.
         scheduler: the LR scheduler to step, or ``None``.
         engine: device, precision and distribution.
+        config: the training settings.
 
     Attributes:
         progress: the step and micro-batch counters.
         log: the loss log (opened by ``open_log``).
+        evaluation: when the callback runs and the metrics it returns.
+        lifecycle: which checkpoints are kept, the best one, early stopping.
+        monitor: timing, samples and the ``train/*`` scalars.
         stateful: name -> part saved in the training state and restored on resume.
     """
 
-    def __init__(self, call: TrainCall, plan: Plan, scheduler: Any, engine: Engine) -> None:
+    def __init__(
+        self, call: TrainCall, plan: Plan, scheduler: Any, engine: Engine, config: TrainingConfig
+    ) -> None:
+        check_evaluation(config, call.callback)
         self.call = call
         self.plan = plan
         self.scheduler = scheduler
         self.engine = engine
+        self.config = config
         self.progress = Progress()
         self.log = LossLog()
+        self.evaluation = Evaluation(call.callback, config.eval_steps, engine)
+        self.lifecycle = CheckpointLifecycle(config, is_main=engine.is_main)
+        self.monitor = RunMonitor(config, engine.world_size)
+        self.resumed_from: Path | None = None
         self.stateful: dict[str, Stateful] = {
             "progress": self.progress,
             "optimizer": call.optimizer,
             "scaler": engine.scaler,
+            "lifecycle": self.lifecycle,
         }
         if scheduler is not None:
             self.stateful["scheduler"] = scheduler
@@ -112,6 +128,53 @@ class Session:
         """Closes the log (writer and progress bar)."""
         self.log.close()
 
+    def announce(self, distiller: str, student: Any, extra_modules: list[Any]) -> None:
+        """Logs the start banner (rank 0) and starts the clock."""
+        if self.engine.is_main:
+            facts = start_facts(self, distiller, student, extra_modules)
+            logger.info("Training starts\n%s", "\n".join(f"  {k}: {v}" for k, v in facts.items()))
+        self.monitor.start()
+
+    def record_step(self, values: Any) -> None:
+        """Keeps the ``train/*`` scalars of the step being taken (``log_train_scalars`` only).
+
+        Args:
+            values: returns the distiller's own values (gradient norm, weights, temperature);
+                called only when the scalars are logged.
+        """
+        if not self.monitor.log_train_scalars:
+            return
+        step = self.progress.global_step + 1
+        scalars = self.monitor.step_scalars(self.optimizer, values())
+        if step % self.config.log_every_n_steps == 0:
+            scalars.update(self.monitor.throughput())
+        self.log.record_step(step, scalars)
+
+    def evaluate(self, model: Any, step: int) -> dict[str, float]:
+        """Runs the callback; logs and writes the metrics it returns (rank 0); returns them."""
+        metrics = self.evaluation(model, step)
+        if self.engine.is_main:
+            report_metrics(metrics, step, self.log.writer)
+        return metrics
+
+    def finish(self) -> TrainResult:
+        """The run's result; the end summary is logged on rank 0."""
+        lifecycle = self.lifecycle
+        result = TrainResult(
+            global_step=self.progress.global_step,
+            last_losses=dict(self.log.last_losses),
+            metrics=dict(self.evaluation.last_metrics),
+            best_metric=lifecycle.best_metric,
+            best_checkpoint=lifecycle.best_checkpoint,
+            stop_reason=lifecycle.stop_reason,
+            checkpoints=list(lifecycle.kept),
+            elapsed_seconds=self.monitor.elapsed(),
+            samples_per_second=self.monitor.samples_per_second(),
+        )
+        if self.engine.is_main:
+            log_end_summary(result)
+        return result
+
     def save(self, path: Path) -> None:
         """Writes every stateful part, the plan and each rank's position and RNG (rank 0 writes)."""
         per_rank = self.engine.gather_objects(
@@ -128,14 +191,17 @@ class Session:
         ckpt.atomic_save(state, path)
 
     def resume(self, resume_from: Any) -> None:
-        """Restores a saved training state into every stateful part, the plan and the RNG."""
-        path = ckpt.find_state_file(resume_from)
+        """Restores a saved training state into every stateful part, the plan and the RNG.
+
+        ``resume_from`` is read by ``lifecycle.resume_source`` (``True``, ``'auto'``, a path); a
+        plan longer than the saved one continues the run (``lifecycle.check_continuation``).
+        """
+        path = resume_source(resume_from, self.config.output_dir)
+        if path is None:
+            return
         state = _upgraded(ckpt.load_state_file(path), set(self.stateful))
-        if state.get("plan") != self.plan.describe():
-            raise ValueError(
-                f"cannot resume from {str(path)!r}: it was saved by a run with "
-                f"{state.get('plan')}, this call trains with {self.plan.describe()}"
-            )
+        saved_step = state["parts"]["progress"]["global_step"]
+        check_continuation(state.get("plan"), self.plan.describe(), saved_step, path)
         saved, expected = set(state["parts"]), set(self.stateful)
         if saved != expected:
             raise ValueError(
@@ -150,6 +216,7 @@ class Session:
         self.plan.load_state_dict(mine["position"])
         ckpt.restore_rng_state(mine["rng"])  # after repositioning the data, which draws too
         logger.info("Resumed from %s at global step %d", path, self.progress.global_step)
+        self.resumed_from = path
 
 
 def _upgraded(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
@@ -169,6 +236,7 @@ def _upgraded(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
         parts["distillation_terms"] = state["weights"]
     if state["scheduler"] is not None:
         parts["scheduler"] = state["scheduler"]
+    parts["lifecycle"] = CheckpointLifecycle.initial_state()  # format 1 had no lifecycle
     return {"plan": state["plan"], "parts": parts, "ranks": state["ranks"]}
 
 
