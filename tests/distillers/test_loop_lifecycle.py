@@ -171,6 +171,45 @@ def test_resume_true_needs_a_checkpoint_and_auto_starts_fresh(tmp_path):
     assert checkpoint_steps(tmp_path / "out") == [2, 4]
 
 
+def test_restarting_a_finished_job_with_auto_trains_nothing_more(tmp_path):
+    distiller, student = distiller_for(tmp_path, ckpt_steps=2, save_training_state=True)
+    train_steps(distiller, student, 4)
+    finished = {k: v.clone() for k, v in student.state_dict().items()}
+    restarted, student = distiller_for(tmp_path, ckpt_steps=2, save_training_state=True)
+    result = train_steps(restarted, student, 4, resume_from="auto")
+    assert result.global_step == 4
+    assert checkpoint_steps(tmp_path / "out") == [2, 4]
+    for k, v in finished.items():
+        assert torch.equal(student.state_dict()[k], v)
+
+
+def test_an_early_stopped_job_stays_stopped_until_patience_grows(tmp_path):
+    table = {2: 0.5, 4: 0.4, 6: 0.9, 8: 0.3}
+    settings = {
+        "ckpt_steps": 100,
+        "eval_steps": 2,
+        "save_training_state": True,
+        "metric_for_best_model": "accuracy",
+    }
+    first, student = distiller_for(tmp_path, early_stopping_patience=1, **settings)
+    assert train_steps(first, student, 8, callback=metrics_by_step(table)).global_step == 4
+    restarted, student = distiller_for(tmp_path, early_stopping_patience=1, **settings)
+    calls = []
+    result = train_steps(
+        restarted, student, 8, callback=metrics_by_step(table, calls), resume_from="auto"
+    )
+    assert (result.global_step, calls, result.stopped_early) == (4, [], True)
+    patient, student = distiller_for(tmp_path, early_stopping_patience=3, **settings)
+    result = train_steps(
+        patient, student, 8, callback=metrics_by_step(table, calls), resume_from=True
+    )
+    assert (result.global_step, calls, result.best_checkpoint) == (
+        8,
+        [6, 8],
+        str(tmp_path / "out" / "gs6.pkl"),
+    )
+
+
 @pytest.mark.slow
 def test_auto_resume_after_a_crash_matches_an_uninterrupted_run_and_keeps_rotating(tmp_path):
     settings = {"ckpt_steps": 2, "save_training_state": True, "save_total_limit": 2}

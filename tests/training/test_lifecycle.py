@@ -222,3 +222,21 @@ def test_continuation_accepts_a_longer_plan_only(caplog):
         check_continuation(epochs, {"mode": "epoch", "num_epochs": 4, "total_steps": 24}, 10)
     with pytest.raises(ValueError, match="cannot resume"):
         check_continuation(epochs, {"mode": "step", "total_steps": 20}, 10)
+
+
+def test_a_run_saved_when_it_stopped_early_stays_stopped_unless_patience_grows(tmp_path):
+    config = training_config(tmp_path, metric_for_best_model="f1", early_stopping_patience=1)
+    stopped = CheckpointLifecycle(config)
+    stopped.observe(1, {"f1": 0.5}, "gs1.pkl")
+    stopped.observe(2, {"f1": 0.4}, "gs2.pkl")
+    assert stopped.should_stop
+    state = stopped.state_dict()
+    same = CheckpointLifecycle(config)
+    same.load_state_dict(state)
+    assert same.stop_reason == stopped.stop_reason
+    patient = CheckpointLifecycle(
+        training_config(tmp_path, metric_for_best_model="f1", early_stopping_patience=3)
+    )
+    patient.load_state_dict(state)
+    assert not patient.should_stop
+    assert patient.evaluations_without_improvement == 1

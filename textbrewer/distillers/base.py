@@ -291,6 +291,10 @@ class AbstractDistiller:
 
     def _run(self, session: Session) -> None:
         engine, plan, progress, log = self._engine, session.plan, session.progress, session.log
+        if progress.global_step >= plan.total_steps or session.lifecycle.should_stop:
+            # Resumed where it ended or stopped early: a restarted job trains no further.
+            logger.info("Nothing left to train: the run is at step %d", progress.global_step)
+            return
         session.optimizer.zero_grad()
         for micro in plan.micro_batches():
             if micro.starts_epoch:

@@ -179,6 +179,7 @@ class CheckpointLifecycle:
             "best_checkpoint": self.best_checkpoint,
             "evaluations_without_improvement": self.evaluations_without_improvement,
             "surplus": list(self._surplus),
+            "stop_reason": self.stop_reason,
         }
 
     @staticmethod
@@ -191,17 +192,25 @@ class CheckpointLifecycle:
             "best_checkpoint": None,
             "evaluations_without_improvement": 0,
             "surplus": [],
+            "stop_reason": None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores ``state_dict()``; deletions that were decided but not done happen next time."""
+        """Restores ``state_dict()``; deletions that were decided but not done happen next time.
+
+        A run saved when it stopped early stays stopped while the patience counter still reaches
+        this run's ``early_stopping_patience``; a larger patience lets it train on.
+        """
         self.kept = list(state["kept"])
         self.best_metric = state["best_metric"]
         self.best_step = state["best_step"]
         self.best_checkpoint = state["best_checkpoint"]
         self.evaluations_without_improvement = state["evaluations_without_improvement"]
         self._surplus = list(state["surplus"])
-        self.stop_reason = None
+        still_stopped = self.patience is not None and (
+            self.evaluations_without_improvement >= self.patience
+        )
+        self.stop_reason = state.get("stop_reason") if still_stopped else None
 
 
 # --------------------------------------------------------------------- resume flags
