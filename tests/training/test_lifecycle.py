@@ -240,3 +240,16 @@ def test_a_run_saved_when_it_stopped_early_stays_stopped_unless_patience_grows(t
     patient.load_state_dict(state)
     assert not patient.should_stop
     assert patient.evaluations_without_improvement == 1
+
+
+def test_auto_without_saving_states_warns(tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        assert resume_source("auto", out, save_training_state=False) is None
+        assert resume_source(None, out, save_training_state=False) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "`resume_from`='auto' but TrainingConfig `save_training_state`=False: this run's "
+        "checkpoints cannot be resumed from; set save_training_state=True"
+    ]

@@ -217,7 +217,9 @@ class CheckpointLifecycle:
 AUTO = "auto"
 
 
-def resume_source(resume_from: Any, output_dir: str | os.PathLike) -> Path | None:
+def resume_source(
+    resume_from: Any, output_dir: str | os.PathLike, save_training_state: bool = True
+) -> Path | None:
     """The training-state file a ``train(..., resume_from=...)`` call resumes from, or ``None``.
 
     Args:
@@ -226,6 +228,8 @@ def resume_source(resume_from: Any, output_dir: str | os.PathLike) -> Path | Non
             start fresh: for preemptible jobs); or a path (``gs{N}.pkl``, ``gs{N}.state.pt``, or
             a directory meaning its latest resumable checkpoint).
         output_dir: ``TrainingConfig.output_dir``.
+        save_training_state: the config's flag; without it a job restarted with ``True`` or
+            ``'auto'`` would find nothing it wrote to resume from, so a warning says so.
 
     Raises:
         FileNotFoundError: ``True`` or a path, and nothing resumable there.
@@ -233,6 +237,13 @@ def resume_source(resume_from: Any, output_dir: str | os.PathLike) -> Path | Non
     """
     if resume_from is None or resume_from is False:
         return None
+    restarts = resume_from is True or (isinstance(resume_from, str) and resume_from == AUTO)
+    if restarts and not save_training_state:
+        logger.warning(
+            "`resume_from`=%r but TrainingConfig `save_training_state`=False: this run's "
+            "checkpoints cannot be resumed from; set save_training_state=True",
+            resume_from,
+        )
     if resume_from is True:
         try:
             return find_state_file(output_dir)

@@ -196,7 +196,8 @@ class Session:
         ``resume_from`` is read by ``lifecycle.resume_source`` (``True``, ``'auto'``, a path); a
         plan longer than the saved one continues the run (``lifecycle.check_continuation``).
         """
-        path = resume_source(resume_from, self.config.output_dir)
+        config = self.config
+        path = resume_source(resume_from, config.output_dir, config.save_training_state)
         if path is None:
             return
         state = _upgraded(ckpt.load_state_file(path), set(self.stateful))
