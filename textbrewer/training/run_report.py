@@ -210,7 +210,8 @@ def start_facts(session: Any, distiller: str, student: Any, extra_modules: list[
 def _describe_steps(plan: Any, accumulation: int) -> str:
     if getattr(plan, "mode", None) == "epoch":
         text = (
-            f"{plan.num_epochs} epochs x {plan.steps_per_epoch} optimizer steps = "
+            f"{plan.num_epochs} epoch{'s' * (plan.num_epochs != 1)} x {plan.steps_per_epoch} "
+            "optimizer steps = "
             f"{plan.total_steps}"
         )
     else:
