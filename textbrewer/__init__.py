@@ -6,7 +6,7 @@ registries, and holds no logic of its own.
 
 __version__ = "0.3.0"
 
-from textbrewer import data_utils, losses, presets, utils
+from textbrewer import data_utils, losses, presets, recipes, utils
 from textbrewer.configurations import DistillationConfig, TrainingConfig
 from textbrewer.distillers import (
     BasicDistiller,
@@ -56,6 +56,7 @@ __all__ = [
     "data_utils",
     "losses",
     "presets",
+    "recipes",
     "utils",
     "register_new",
 ]
