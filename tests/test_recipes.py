@@ -1,6 +1,8 @@
 """textbrewer.recipes: layer maps checked by hand; every recipe trains a GeneralDistiller step."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,3 +161,61 @@ def test_every_preset_trains_one_step_of_general_distiller_on_tiny_models(name, 
     assert all(math.isfinite(parts[key]) and parts[key] > 0 for key in expected_parts)
     assert sum(proj is not None for proj in distiller.projs) == sum("proj" in m for m in matches)
     assert not any(torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
+def test_the_documented_minilm_adaptor_trains_a_tiny_bert_with_the_minilm_recipe(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    snippet = Path(__file__).resolve().parent.parent / "docs" / "snippets" / "minilm_adaptor.py"
+    spec = importlib.util.spec_from_file_location("minilm_adaptor_snippet", snippet)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def bert(layers, hidden):
+        config = transformers.BertConfig(
+            vocab_size=30,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=8,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            attn_implementation="eager",
+        )
+        return transformers.BertForSequenceClassification(config)
+
+    torch.manual_seed(0)
+    teacher, student = bert(4, 16), bert(2, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
+    batch = {"input_ids": torch.randint(1, 30, (2, 6)) * mask, "attention_mask": mask}
+    adaptor_S = module.minilm_adaptor(student.bert.encoder.layer[-1].attention.self.value, 2)
+    results = adaptor_S(batch, student(**batch, output_attentions=True))
+    assert len(results["attention"]) == 3  # two layers' scores, then the value relation
+    probabilities = student(**batch, output_attentions=True).attentions[-1]
+    torch.testing.assert_close(results["attention"][1].softmax(-1), probabilities)
+    relation = results["attention"][2]  # (batch, heads, length, length), padded keys -1e4 below
+    assert relation.shape == (2, 2, 6, 6)
+    assert (relation[1, :, :, 3:] < -1e3).all()
+
+    parts_seen = []
+
+    class Recorder(GeneralDistiller):
+        def compute_loss(self, results_S, results_T):
+            total, parts = super().compute_loss(results_S, results_T)
+            parts_seen.append(sorted(parts))
+            return total, parts
+
+    distiller = Recorder(
+        training_config(tmp_path),
+        DistillationConfig(intermediate_matches=recipes.minilm_matches(2, 4)),
+        teacher,
+        student,
+        module.minilm_adaptor(teacher.bert.encoder.layer[-1].attention.self.value, 2),
+        adaptor_S,
+    )
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    distiller.train(optimizer, None, [batch], num_epochs=1, output_attentions=True)
+    assert {
+        "unweighted_attention_attention_ce_1_3",
+        "unweighted_attention_attention_ce_2_4",
+    } <= set(parts_seen[0])
