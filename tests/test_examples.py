@@ -2,6 +2,9 @@
 
 import importlib.util
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,33 @@ def test_legacy_and_documented_calls_give_identical_weights(tmp_path):
     assert results["checkpoints"] == ["gs3.pkl", "gs6.pkl", "gs9.pkl", "gs12.pkl"]
     assert results["identical_checkpoints"] == 4
     assert "scheduler_class" in results["projection_refusal"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(path.stem for path in EXAMPLES.glob("*.py")))
+def test_every_example_configures_logging_to_show_the_library_info_lines(name):
+    source = (EXAMPLES / f"{name}.py").read_text(encoding="utf-8")
+    main_block = source[source.index('if __name__ == "__main__":') :]
+    assert "logging.basicConfig(level=logging.INFO" in main_block
+    assert "with logging_redirect_tqdm():" in main_block
+
+
+@pytest.mark.slow
+def test_an_example_run_as_a_script_prints_the_library_info_lines(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "subclass_distiller.py"), "--smoke"]
+        + ["--output-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=True,
+    )
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for step in (20, 40, 60):
+        assert f"INFO textbrewer.distillers.base: Saved checkpoint {checkpoints}/gs{step}.pkl" in (
+            completed.stderr
+        )
+    assert "INFO textbrewer.distillers.base: Epoch 1/3" in completed.stderr
