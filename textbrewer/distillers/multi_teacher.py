@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device, split_batch
-from textbrewer.distillers._kd import combine_parts, select_rows, to_float32
-from textbrewer.distillers.base import LossParts, check_module, checked_adaptor
-from textbrewer.distillers.basic import BasicDistiller, CachedBatch
+from textbrewer.distillers._batches import AdaptorResult, Route
+from textbrewer.distillers._kd import LossParts, combine_parts, select_rows, to_float32
+from textbrewer.distillers.base import _check_module, _checked_adaptor
+from textbrewer.distillers.basic import BasicDistiller
 
 
 class MultiTeacherDistiller(BasicDistiller):
@@ -53,7 +53,7 @@ class MultiTeacherDistiller(BasicDistiller):
         if isinstance(model_T, nn.Module) or not isinstance(model_T, (list, tuple)) or not model_T:
             raise TypeError("`model_T` must be a non-empty list of teacher nn.Modules")
         for index, teacher in enumerate(model_T):
-            check_module(f"model_T[{index}]", teacher)
+            _check_module(f"model_T[{index}]", teacher)
         adaptors = list(adaptor_T) if isinstance(adaptor_T, (list, tuple)) else None
         if adaptors is not None and len(adaptors) != len(model_T):
             raise ValueError(
@@ -61,7 +61,7 @@ class MultiTeacherDistiller(BasicDistiller):
                 "one adaptor for all or one per teacher"
             )
         for index, adaptor in enumerate(adaptors or [adaptor_T]):
-            checked_adaptor(f"adaptor_T[{index}]" if adaptors else "adaptor_T", adaptor)
+            _checked_adaptor(f"adaptor_T[{index}]" if adaptors else "adaptor_T", adaptor)
         super().__init__(
             train_config,
             distill_config,
@@ -78,45 +78,21 @@ class MultiTeacherDistiller(BasicDistiller):
         """The teacher models."""
         return list(self.model_T)
 
-    def _adaptors_T(self) -> list[Any]:
+    def teacher_adaptors(self) -> list[Any]:
+        """One adaptor per teacher."""
         return self._teacher_adaptors
 
-    def train_on_batch(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
-        """Every teacher's forward, the student's forward, the adaptors, ``compute_loss``."""
-        if isinstance(batch, CachedBatch):
-            return self._train_on_cached(batch, args)
-        raw_T, raw_S, cache = split_batch(batch)
-        batch_T = move_to_device(raw_T, self.device)
-        with self._engine.autocast():
-            if cache is not None:
-                outputs_T = self._cached_outputs(cache)
-            else:
-                outputs_T = [self._teacher_outputs(model, batch_T, args) for model in self.model_T]
-            batch_S = batch_T if raw_S is raw_T else move_to_device(raw_S, self.device)
-            outputs_S = call_model(self.model_S, batch_S, args)
-        results_T = [
-            self._check_result(adaptor(batch_T, outputs), f"adaptor_T[{index}]")
-            for index, (adaptor, outputs) in enumerate(zip(self._teacher_adaptors, outputs_T))
-        ]
-        results_S = self._check_result(self.adaptor_S(batch_S, outputs_S), "adaptor_S")
-        return self._loss_without_autocast(results_S, results_T)
-
-    def _cached_outputs(self, cache: Any) -> list[Any]:
-        if not isinstance(cache, (list, tuple)) or len(cache) != len(self.model_T):
-            raise ValueError(
-                f"MultiTeacherDistiller: batch['teacher_cache'] must be a list with one output per "
-                f"teacher ({len(self.model_T)}), got {type(cache).__name__}"
-            )
-        return list(move_to_device(list(cache), self.device))
+    def _route(self, batch: Any) -> Route:
+        route = super()._route(batch)
+        route.several = True
+        route.names_T = [f"adaptor_T[{index}]" for index in range(len(self.model_T))]
+        return route
 
     def compute_loss(
         self, results_S: AdaptorResult, results_T: list[AdaptorResult]
     ) -> tuple[torch.Tensor, LossParts]:
         """KD against the teachers' averaged logits, plus the hard-label term."""
-        return combine_parts(self._logits_and_label_parts(results_S, _averaged(results_T)))
-
-    def _cached_teacher_results(self, results_T: list[AdaptorResult]) -> Any:
-        return results_T
+        return combine_parts(self.terms.parts(results_S, _averaged(results_T)))
 
 
 def _averaged(results_T: list[AdaptorResult]) -> AdaptorResult:
