@@ -1,0 +1,321 @@
+"""Multi-teacher distillation: matches that name their teacher, weighted means, mean of losses.
+
+Each parity test compares the final weights (float64) with a hand-written loop doing the
+arithmetic of docs/multi_teacher.rst, as tests/distillers/test_parity.py does for 0.2.x.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import textbrewer
+from tests.conftest import make_batches, make_models, simple_adaptor, training_config
+from tests.distillers.test_parity import (
+    assert_same_weights,
+    hand_loop,
+    plain_hidden_mse,
+    plain_kd_ce,
+)
+
+
+def plain_cos(S, T, mask):
+    keep = mask.bool()
+    S, T = S[keep], T[keep]
+    cosine = (S * T).sum(-1) / (S.norm(dim=-1) * T.norm(dim=-1))
+    return (1 - cosine).mean()
+
+
+def plain_flsw(logits_S, logits_T, base, beta, gamma, eps=1e-4):
+    s = logits_S / (logits_S.norm(dim=-1, keepdim=True) + eps)
+    t = logits_T / (logits_T.norm(dim=-1, keepdim=True) + eps)
+    w = (1 - (s * t).sum(-1)) ** gamma
+    return base + (w.mean() - w) * beta
+
+
+def plain_kd_ce_rows(logits_S, logits_T, temperature_rows):
+    temperature = temperature_rows[:, None]
+    targets = torch.softmax(logits_T / temperature, dim=-1)
+    return -(targets * torch.log_softmax(logits_S / temperature, dim=-1)).sum(-1).mean()
+
+
+# Teacher 0 has width 8, teacher 1 width 10; the student (width 6) reads one layer of each.
+TWO_TEACHER_MATCHES = [
+    {
+        "layer_T": 3,
+        "layer_S": 2,
+        "feature": "hidden",
+        "loss": "hidden_mse",
+        "weight": 2,
+        "proj": ["linear", 6, 8, {"lr": 0.05}],
+        "teacher": 0,
+    },
+    {
+        "layer_T": 2,
+        "layer_S": 1,
+        "feature": "hidden",
+        "loss": "cos",
+        "weight": 0.5,
+        "proj": ["tanh", 6, 10],
+        "teacher": 1,
+    },
+]
+
+
+def two_teachers_of_different_widths():
+    teacher_0, student = make_models(seed=1, teacher_dim=8, student_dim=6)
+    teacher_1, _ = make_models(seed=2, teacher_dim=10, student_dim=6)
+    return [teacher_0, teacher_1], student
+
+
+def multi_teacher(tmp_path, teachers, student, config=None, **options):
+    return textbrewer.MultiTeacherDistiller(
+        training_config(tmp_path),
+        config or textbrewer.DistillationConfig(temperature=3, hard_label_weight=0.5),
+        teachers,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+        **options,
+    )
+
+
+def test_two_teachers_with_one_match_each_and_projections_match_hand_loop(tmp_path):
+    teachers, student = two_teachers_of_different_widths()
+    reference = copy.deepcopy(student)
+    batches = make_batches(5)
+    config = textbrewer.DistillationConfig(
+        temperature=3, hard_label_weight=0.5, intermediate_matches=TWO_TEACHER_MATCHES
+    )
+    distiller = multi_teacher(tmp_path, teachers, student, config)
+    distiller.projs.double()
+    projections = [copy.deepcopy(layer) for layer in distiller.projs]
+    distiller.train(torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9), None, batches, 2)
+
+    def loss(out_S, outs_T, batch, step):
+        averaged = (outs_T[0][0] + outs_T[1][0]) / 2
+        kd = plain_kd_ce(out_S[0], averaged, 3)
+        match_0 = plain_hidden_mse(projections[0](out_S[1][2]), outs_T[0][1][3], batch[1])
+        match_1 = plain_cos(projections[1](out_S[1][1]), outs_T[1][1][2], batch[1])
+        return kd + out_S[3].mean() * 0.5 + match_0 * 2 + match_1 * 0.5
+
+    hand_loop(
+        reference,
+        teachers,
+        batches,
+        epochs=2,
+        gas=1,
+        loss_fn=loss,
+        extra_params=[
+            {"params": list(projections[0].parameters()), "lr": 0.05},
+            {"params": list(projections[1].parameters())},
+        ],
+    )
+    assert_same_weights(student, reference)
+    for trained, by_hand in zip(distiller.projs, projections):
+        assert_same_weights(trained, by_hand)
+
+
+def test_weighted_mean_of_logits_matches_hand_loop(tmp_path):
+    teachers = [make_models(seed=s)[0] for s in (1, 2)]
+    _, student = make_models(seed=3)
+    reference = copy.deepcopy(student)
+    batches = make_batches(5)
+    distiller = multi_teacher(tmp_path, teachers, student, teacher_weights=[1, 3])
+    distiller.train(torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9), None, batches, 2)
+
+    def loss(out_S, outs_T, batch, step):
+        averaged = (1 * outs_T[0][0] + 3 * outs_T[1][0]) / 4
+        return plain_kd_ce(out_S[0], averaged, 3) + out_S[3].mean() * 0.5
+
+    hand_loop(reference, teachers, batches, epochs=2, gas=1, loss_fn=loss)
+    assert_same_weights(student, reference)
+
+
+def test_weighted_mean_of_kd_losses_with_per_teacher_temperatures_matches_hand_loop(tmp_path):
+    teachers = [make_models(seed=s)[0] for s in (1, 2)]
+    _, student = make_models(seed=3)
+    reference = copy.deepcopy(student)
+    batches = make_batches(5)
+    config = textbrewer.DistillationConfig(
+        temperature=3, temperature_scheduler=["flsw", 1.0, 2.0], hard_label_weight=0.5
+    )
+    distiller = multi_teacher(
+        tmp_path, teachers, student, config, teacher_weights=[2, 1], combine_teachers="mean_losses"
+    )
+    distiller.train(torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9), None, batches, 2)
+
+    def loss(out_S, outs_T, batch, step):
+        kd = []
+        for out_T in outs_T:
+            temperature = plain_flsw(out_S[0].detach(), out_T[0], 3, beta=1.0, gamma=2.0)
+            kd.append(plain_kd_ce_rows(out_S[0], out_T[0], temperature))
+        return (2 * kd[0] + 1 * kd[1]) / 3 + out_S[3].mean() * 0.5
+
+    hand_loop(reference, teachers, batches, epochs=2, gas=1, loss_fn=loss)
+    assert_same_weights(student, reference)
+
+
+def test_equal_weights_keep_the_0_2_average_to_the_last_bit(tmp_path):
+    weights = []
+    for name, options in (("default", {}), ("explicit", {"combine_teachers": "mean_logits"})):
+        teachers = [make_models(seed=s)[0] for s in (1, 2)]
+        _, student = make_models(seed=3)
+        distiller = multi_teacher(tmp_path / name, teachers, student, **options)
+        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(3), 1)
+        weights.append(student)
+    assert_same_weights(weights[0], weights[1], tolerance=0)
+
+
+def test_multi_task_with_two_teachers_for_one_task_matches_hand_loop(tmp_path):
+    teacher_a0, student = make_models(seed=4, teacher_dim=8, student_dim=6)
+    teacher_a1, _ = make_models(seed=5, teacher_dim=8)
+    teacher_b, _ = make_models(seed=6, teacher_dim=8)
+    reference = copy.deepcopy(student)
+    loaders = {"a": make_batches(3, seed=1), "b": make_batches(5, seed=2)}
+    config = textbrewer.DistillationConfig(
+        temperature=2,
+        intermediate_matches=[
+            {
+                "layer_T": 3,
+                "layer_S": 2,
+                "feature": "hidden",
+                "loss": "hidden_mse",
+                "weight": 1.5,
+                "proj": ["linear", 6, 8],
+                "teacher": 0,
+            }
+        ],
+    )
+    distiller = textbrewer.MultiTaskDistiller(
+        training_config(tmp_path, ckpt_steps=4),
+        config,
+        {"a": [teacher_a0, teacher_a1], "b": teacher_b},
+        student,
+        {"a": [simple_adaptor, simple_adaptor], "b": simple_adaptor},
+        {"a": simple_adaptor, "b": simple_adaptor},
+        teacher_weights={"a": [3, 1]},
+        combine_teachers="mean_losses",
+    )
+    distiller.projs.double()
+    projection = copy.deepcopy(distiller.projs[0])
+    np.random.seed(7)
+    distiller.train(
+        torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9), None, loaders, 8, tau=0.5
+    )
+
+    np.random.seed(7)
+    optimizer = torch.optim.SGD(
+        [{"params": list(reference.parameters())}, {"params": list(projection.parameters())}],
+        lr=0.1,
+        momentum=0.9,
+    )
+    sizes = np.array([3, 5]) ** 0.5
+    iterators = {name: iter(textbrewer.utils.cycle(data)) for name, data in loaders.items()}
+    teachers = {"a": [teacher_a0, teacher_a1], "b": [teacher_b]}
+    task_weights = {"a": [3 / 4, 1 / 4], "b": [1.0]}
+    for _ in range(8):
+        task = np.random.choice(["a", "b"], p=sizes / sizes.sum())
+        batch = next(iterators[task])
+        with torch.no_grad():
+            outs_T = [teacher(*batch) for teacher in teachers[task]]
+        out_S = reference(*batch)
+        kd = sum(
+            w * plain_kd_ce(out_S[0], out_T[0], 2) for w, out_T in zip(task_weights[task], outs_T)
+        )
+        match = plain_hidden_mse(projection(out_S[1][2]), outs_T[0][1][3], batch[1])
+        (kd + out_S[3].mean() * 0 + match * 1.5).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert_same_weights(student, reference)
+    assert_same_weights(distiller.projs[0], projection)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def match(**overrides):
+    entry = dict(TWO_TEACHER_MATCHES[0])
+    entry.update(overrides)
+    return entry
+
+
+def test_a_match_without_teacher_on_several_teachers_says_how_to_name_one(tmp_path):
+    teachers, student = two_teachers_of_different_widths()
+    entry = match()
+    del entry["teacher"]
+    config = textbrewer.DistillationConfig(intermediate_matches=[entry])
+    with pytest.raises(ValueError, match=r"`intermediate_matches\[0\]` does not say which teacher"):
+        multi_teacher(tmp_path, teachers, student, config)
+    with pytest.raises(ValueError, match=r"add 'teacher': <index into model_T, 0 to 1>"):
+        multi_teacher(tmp_path, teachers, student, config)
+
+
+def test_a_teacher_index_out_of_range_is_refused(tmp_path):
+    teachers, student = two_teachers_of_different_widths()
+    config = textbrewer.DistillationConfig(intermediate_matches=[match(teacher=2)])
+    with pytest.raises(
+        ValueError, match=r"`intermediate_matches\[0\].teacher`=2 .* indices 0 to 1"
+    ):
+        multi_teacher(tmp_path, teachers, student, config)
+
+
+@pytest.mark.parametrize("name", ["GeneralDistiller", "MultiTaskDistiller"])
+def test_single_teacher_distillers_refuse_a_teacher_other_than_0(tmp_path, name):
+    teacher, student = make_models(teacher_dim=8, student_dim=6)
+    config = textbrewer.DistillationConfig(intermediate_matches=[match(teacher=1)])
+    if name == "GeneralDistiller":
+        build = lambda cfg: textbrewer.GeneralDistiller(  # noqa: E731
+            training_config(tmp_path), cfg, teacher, student, simple_adaptor, simple_adaptor
+        )
+    else:
+        build = lambda cfg: textbrewer.MultiTaskDistiller(  # noqa: E731
+            training_config(tmp_path, ckpt_steps=1),
+            cfg,
+            {"a": teacher},
+            student,
+            {"a": simple_adaptor},
+            {"a": simple_adaptor},
+        )
+    with pytest.raises(ValueError, match=r"`intermediate_matches\[0\].teacher`=1, but .* one"):
+        build(config)
+    for accepted in (0, None):
+        build(textbrewer.DistillationConfig(intermediate_matches=[match(teacher=accepted)]))
+
+
+def test_a_custom_match_must_name_the_teacher_its_module_belongs_to(tmp_path):
+    teachers, student = two_teachers_of_different_widths()
+    custom = {
+        "module_T": teachers[1].layers[0],
+        "module_S": student.layers[0],
+        "loss": lambda s, t, ms, mt: (s.sum() - t.sum()) ** 2,
+        "weight": 1,
+    }
+    with pytest.raises(ValueError, match=r"`custom_matches\[0\]` does not say which teacher"):
+        multi_teacher(tmp_path, teachers, student, custom_matches=[custom])
+    with pytest.raises(ValueError, match=r"not a submodule of model_T\[0\]"):
+        multi_teacher(tmp_path, teachers, student, custom_matches=[{**custom, "teacher": 0}])
+    multi_teacher(tmp_path, teachers, student, custom_matches=[{**custom, "teacher": 1}])
+
+
+@pytest.mark.parametrize(
+    ("weights", "error", "message"),
+    [
+        ([1], ValueError, r"has 1 weight\(s\) for 2 teachers"),
+        ([1, -1], ValueError, "finite number >= 0"),
+        ([0, 0], ValueError, "must not all be 0"),
+        ("11", TypeError, "one number per teacher"),
+        ([1, "x"], TypeError, "'x' is not a number"),
+    ],
+)
+def test_bad_teacher_weights_are_refused(tmp_path, weights, error, message):
+    teachers = [make_models(seed=s)[0] for s in (1, 2)]
+    with pytest.raises(error, match=message):
+        multi_teacher(tmp_path, teachers, make_models()[1], teacher_weights=weights)
+
+
+def test_an_unknown_combination_lists_the_known_ones(tmp_path):
+    teachers = [make_models(seed=s)[0] for s in (1, 2)]
+    with pytest.raises(ValueError, match=r"'mean_logits', 'mean_losses'"):
+        multi_teacher(tmp_path, teachers, make_models()[1], combine_teachers="vote")
