@@ -319,3 +319,87 @@ def test_an_unknown_combination_lists_the_known_ones(tmp_path):
     teachers = [make_models(seed=s)[0] for s in (1, 2)]
     with pytest.raises(ValueError, match=r"'mean_logits', 'mean_losses'"):
         multi_teacher(tmp_path, teachers, make_models()[1], combine_teachers="vote")
+
+
+# ---------------------------------------------------------------- one loss, by hand
+
+
+def plain_ce_rows(logits_S, logits_T, temperature):
+    targets = torch.softmax(logits_T / temperature, dim=-1)
+    return -(targets * torch.log_softmax(logits_S / temperature, dim=-1)).sum(-1).mean()
+
+
+def three_d_results():
+    generator = torch.Generator().manual_seed(0)
+    logits = [torch.randn(2, 5, 7, generator=generator, dtype=torch.float64) for _ in range(3)]
+    masks = [
+        torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]]),
+        torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]),
+        torch.tensor([[0, 1, 1, 1, 1], [0, 1, 1, 1, 0]]),
+    ]
+    results_S = {"logits": [logits[0]], "logits_mask": [masks[0]]}
+    results_T = [{"logits": [logits[i]], "logits_mask": [masks[i]]} for i in (1, 2)]
+    return logits, masks, results_S, results_T
+
+
+@pytest.mark.parametrize("mode", ["mean_logits", "mean_losses"])
+def test_masks_of_3d_logits_follow_the_documented_rule_of_each_mode(tmp_path, mode):
+    teachers = [make_models(seed=s)[0] for s in (1, 2)]
+    distiller = multi_teacher(
+        tmp_path,
+        teachers,
+        make_models()[1],
+        textbrewer.DistillationConfig(temperature=2),
+        teacher_weights=[1, 4],
+        combine_teachers=mode,
+    )
+    logits, masks, results_S, results_T = three_d_results()
+    total, parts = distiller.compute_loss(results_S, results_T)
+    student = logits[0][masks[0].bool()]
+    if mode == "mean_logits":  # teacher 0's mask selects every teacher's rows
+        rows = masks[1].bool()
+        expected = plain_ce_rows(student, 0.2 * logits[1][rows] + 0.8 * logits[2][rows], 2)
+    else:  # each teacher's own mask
+        expected = sum(
+            w * plain_ce_rows(student, logits[i][masks[i].bool()], 2)
+            for w, i in ((0.2, 1), (0.8, 2))
+        )
+    torch.testing.assert_close(parts["unweighted_kd_loss"], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_mean_of_ce_losses_is_ce_against_the_mixture_of_probabilities(tmp_path):
+    # The docs' reason to prefer 'mean_losses' for teachers that differ: with one temperature,
+    # the weighted mean of the CE losses is the CE against the weighted mixture of p_T.
+    teachers = [make_models(seed=s)[0] for s in (1, 2)]
+    distiller = multi_teacher(
+        tmp_path,
+        teachers,
+        make_models()[1],
+        textbrewer.DistillationConfig(temperature=3),
+        teacher_weights=[3, 1],
+        combine_teachers="mean_losses",
+    )
+    generator = torch.Generator().manual_seed(1)
+    student, first, second = (
+        torch.randn(6, 5, generator=generator, dtype=torch.float64) for _ in range(3)
+    )
+    _, parts = distiller.compute_loss(
+        {"logits": [student]}, [{"logits": [first * 4]}, {"logits": [second]}]
+    )
+    mixture = 0.75 * torch.softmax(first * 4 / 3, -1) + 0.25 * torch.softmax(second / 3, -1)
+    expected = -(mixture * torch.log_softmax(student / 3, -1)).sum(-1).mean()
+    torch.testing.assert_close(parts["unweighted_kd_loss"], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_without_teacher_logits_there_is_no_kd_term_in_either_mode(tmp_path):
+    teachers = [make_models(seed=s)[0] for s in (1, 2)]
+    for mode in ("mean_logits", "mean_losses"):
+        distiller = multi_teacher(tmp_path, teachers, make_models()[1], combine_teachers=mode)
+        losses = torch.tensor([0.5, 1.5], dtype=torch.float64)
+        total, parts = distiller.compute_loss(
+            {"logits": [torch.zeros(2, 3)], "losses": [losses]},
+            [{}, {"logits": [torch.ones(2, 3)]}],
+        )
+        assert list(parts) == ["unweighted_hard_label_loss"]
+        assert total.item() == pytest.approx(0.5)
