@@ -5,19 +5,29 @@ arithmetic of docs/multi_teacher.rst, as tests/distillers/test_parity.py does fo
 """
 
 import copy
+import os
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 import textbrewer
-from tests.conftest import make_batches, make_models, simple_adaptor, training_config
+from tests.conftest import (
+    checkpoint_steps,
+    make_batches,
+    make_models,
+    simple_adaptor,
+    training_config,
+)
+from tests.distillers.test_distributed import free_port
 from tests.distillers.test_parity import (
     assert_same_weights,
     hand_loop,
     plain_hidden_mse,
     plain_kd_ce,
 )
+from tests.distillers.test_resume import shuffled_loader
 
 
 def plain_cos(S, T, mask):
@@ -403,3 +413,119 @@ def test_without_teacher_logits_there_is_no_kd_term_in_either_mode(tmp_path):
         )
         assert list(parts) == ["unweighted_hard_label_loss"]
         assert total.item() == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- resume and DDP
+
+
+def resumable_run(tmp_path, name, resume_from=None):
+    torch.manual_seed(0)
+    teacher_0, student = make_models(seed=1, teacher_dim=8, student_dim=6, dropout=0.2)
+    teacher_1, _ = make_models(seed=2, teacher_dim=10, dropout=0.2)
+    config = training_config(
+        tmp_path / name,
+        save_training_state=True,
+        gradient_accumulation_steps=2,
+        ckpt_steps=2,
+        log_every_n_steps=2,
+    )
+    distiller = textbrewer.MultiTeacherDistiller(
+        config,
+        textbrewer.DistillationConfig(
+            kd_loss_weight_scheduler="linear_decay", intermediate_matches=TWO_TEACHER_MATCHES
+        ),
+        [teacher_0, teacher_1],
+        student,
+        simple_adaptor,
+        simple_adaptor,
+        teacher_weights=[1, 2],
+        combine_teachers="mean_losses",
+    )
+    distiller.projs.double()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=0.01)
+    torch.manual_seed(1)
+    distiller.train(
+        optimizer,
+        shuffled_loader(),
+        num_epochs=None,
+        num_steps=6,
+        scheduler_class=torch.optim.lr_scheduler.StepLR,
+        scheduler_args={"step_size": 2, "gamma": 0.7},
+        resume_from=resume_from,
+    )
+    return student, distiller
+
+
+def test_multi_teacher_run_with_projections_resumes_bit_identically(tmp_path):
+    reference, reference_distiller = resumable_run(tmp_path, "full")
+    assert checkpoint_steps(tmp_path / "full" / "out") == [2, 4, 6]
+    for step in (2, 4):
+        checkpoint = tmp_path / "full" / "out" / f"gs{step}.pkl"
+        resumed, distiller = resumable_run(tmp_path, f"from{step}", resume_from=checkpoint)
+        for key, value in reference.state_dict().items():
+            assert torch.equal(resumed.state_dict()[key], value), (step, key)
+        pairs = zip(reference_distiller.projs.parameters(), distiller.projs.parameters())
+        assert all(torch.equal(a, b) for a, b in pairs)
+        assert len(list(distiller.projs.parameters())) == 4
+
+
+def ddp_distill(rank, world_size, batches, workdir):
+    teacher_0, student = make_models(seed=1, teacher_dim=8, student_dim=6)
+    teacher_1, _ = make_models(seed=2, teacher_dim=10)
+    matches = [dict(m, proj=m["proj"][:3]) for m in TWO_TEACHER_MATCHES]
+    distiller = textbrewer.MultiTeacherDistiller(
+        training_config(
+            workdir, local_rank=rank if world_size > 1 else -1, gradient_accumulation_steps=2
+        ),
+        textbrewer.DistillationConfig(hard_label_weight=1, intermediate_matches=matches),
+        [teacher_0, teacher_1],
+        student,
+        simple_adaptor,
+        simple_adaptor,
+        teacher_weights=[3, 1],
+    )
+    distiller.projs.double()
+    seen = []
+    distiller.train(
+        torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9),
+        batches,
+        2,
+        scheduler_class=torch.optim.lr_scheduler.StepLR,
+        scheduler_args={"step_size": 2},
+        callback=lambda model, step: seen.append((type(model).__name__, step)),
+    )
+    return student, distiller, seen
+
+
+def unpadded(batches):
+    # hidden_mse and cos average over positions: without padding the halves split evenly.
+    return [(ids.clamp(min=1), torch.ones_like(mask), labels) for ids, mask, labels in batches]
+
+
+def ddp_worker(rank, world_size, port, workdir, results):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size)
+    )
+    torch.set_num_threads(1)
+    halves = [tuple(t[rank * 2 : (rank + 1) * 2] for t in b) for b in make_batches(4)]
+    student, distiller, seen = ddp_distill(rank, world_size, unpadded(halves), workdir)
+    torch.save(
+        {"student": student.state_dict(), "proj": distiller.projs.state_dict(), "seen": seen},
+        os.path.join(results, f"rank{rank}.pt"),
+    )
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_a_multi_teacher_run_like_one_with_double_batches(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    mp.spawn(ddp_worker, args=(2, free_port(), tmp_path / "ddp", str(results)), nprocs=2)
+    student, distiller, _ = ddp_distill(0, 1, unpadded(make_batches(4)), tmp_path / "single")
+    for rank in range(2):
+        saved = torch.load(results / f"rank{rank}.pt")
+        for key, value in student.state_dict().items():
+            torch.testing.assert_close(saved["student"][key], value, rtol=0, atol=1e-6)
+        for key, value in distiller.projs.state_dict().items():
+            torch.testing.assert_close(saved["proj"][key], value, rtol=0, atol=1e-6)
+        assert saved["seen"] == [("DistributedDataParallel", 2), ("DistributedDataParallel", 4)]
