@@ -7,6 +7,7 @@ registries, and holds no logic of its own.
 __version__ = "0.3.0"
 
 from textbrewer import data_utils, losses, presets, utils
+from textbrewer._validation import ConfigError
 from textbrewer.configurations import DistillationConfig, TrainingConfig
 from textbrewer.distillers import (
     BasicDistiller,
@@ -25,6 +26,7 @@ from textbrewer.presets import (
     WEIGHT_SCHEDULER,
     register_new,
 )
+from textbrewer.training.loss_log import NonFiniteLossError
 
 Distillers = {
     "Basic": BasicDistiller,
@@ -44,11 +46,13 @@ __all__ = [
     "WEIGHT_SCHEDULER",
     "BasicDistiller",
     "BasicTrainer",
+    "ConfigError",
     "DistillationConfig",
     "Distillers",
     "GeneralDistiller",
     "MultiTaskDistiller",
     "MultiTeacherDistiller",
+    "NonFiniteLossError",
     "TrainingConfig",
     "__version__",
     "data_utils",

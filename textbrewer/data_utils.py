@@ -6,6 +6,9 @@ its input unchanged. Randomness comes from ``rng`` when it is given (a ``numpy.r
 same calls in the same order as TextBrewer 0.2.x, so a script seeded with ``numpy.random.seed`` gets
 the same augmented data. A ``RandomState(seed)`` gives the same output as the global state seeded
 with ``seed``; a ``Generator`` draws from a different stream.
+
+Every function raises ``TypeError`` when ``tokens`` is a string or not iterable, or when ``rng``
+is of another type; each function's ``Raises`` section lists the checks of its own arguments.
 """
 
 from __future__ import annotations
@@ -84,8 +87,7 @@ def masking(
         A new list as long as ``tokens``.
 
     Raises:
-        TypeError: If ``tokens`` is a string or not iterable, ``p`` is not a number, or ``rng``
-            has an unsupported type.
+        TypeError: If the masking probability ``p`` is not a number.
         ValueError: If ``p`` is outside [0, 1].
 
     Example:
@@ -112,9 +114,8 @@ def deleting(tokens: Sequence[T], p: float = 0.1, rng: RandomSource = None) -> l
         A new list holding the kept tokens in their original order.
 
     Raises:
-        TypeError: If ``tokens`` is a string or not iterable, ``p`` is not a number, or ``rng``
-            has an unsupported type.
-        ValueError: If ``p`` is outside [0, 1].
+        TypeError: If ``p`` is not a number; a deletion probability must be a float.
+        ValueError: If ``p`` is below 0 or above 1.
 
     Example:
         >>> deleting(["the", "cat", "sat"], p=0.0, rng=np.random.default_rng(0))
@@ -150,8 +151,8 @@ def n_gram_sampling(
         A new list, a contiguous slice of ``tokens``.
 
     Raises:
-        TypeError: If ``tokens`` is a string or not iterable, ``p_ng`` or ``l_ng`` is not a
-            sequence of numbers, ``l_ng`` holds a non-integer, or ``rng`` has an unsupported type.
+        TypeError: If ``p_ng`` or ``l_ng`` is not a sequence of numbers, or ``l_ng`` holds a
+            non-integer.
         ValueError: If ``p_ng`` and ``l_ng`` differ in length or are empty, ``p_ng`` is not a
             probability distribution, or ``l_ng`` holds a length below 1.
 
@@ -195,8 +196,7 @@ def short_disorder(
         A new list, a permutation of ``tokens``.
 
     Raises:
-        TypeError: If ``tokens`` is a string or not iterable, ``p`` is not a sequence of
-            numbers, or ``rng`` has an unsupported type.
+        TypeError: If ``p`` is not a sequence of numbers.
         ValueError: If ``p`` does not hold five probabilities summing to 1.
 
     Example:
@@ -253,8 +253,7 @@ def long_disorder(
         A new list, a permutation of ``tokens``.
 
     Raises:
-        TypeError: If ``tokens`` is a string or not iterable, ``p`` or ``length`` is not a number,
-            or ``rng`` has an unsupported type.
+        TypeError: If ``p`` or ``length`` is not a number.
         ValueError: If ``p`` is outside [0, 1] or ``length`` is not positive and finite.
 
     Example:

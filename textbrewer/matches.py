@@ -6,24 +6,8 @@ import dataclasses
 import numbers
 from typing import Any
 
-from textbrewer import losses, presets
+from textbrewer import presets
 from textbrewer._validation import Problems
-
-TWO_LAYER_LOSSES = frozenset({losses.fsp_loss, losses.mmd_loss})
-"""Built-in losses that take a pair of layers from each side (``fsp``/``gram``, ``nst``/``mmd``)."""
-
-SINGLE_LAYER_LOSSES = frozenset(
-    {
-        losses.att_mse_loss,
-        losses.att_mse_sum_loss,
-        losses.att_ce_loss,
-        losses.att_ce_mean_loss,
-        losses.hid_mse_loss,
-        losses.cos_loss,
-        losses.pkd_loss,
-    }
-)
-"""Built-in losses that take one layer from each side."""
 
 _REQUIRED = ("layer_T", "layer_S", "feature", "loss", "weight")
 _ALL_KEYS = (*_REQUIRED, "proj", "teacher")
@@ -115,14 +99,8 @@ class IntermediateMatch:
                 problems.add(f"`{prefix}.{side}`={value!r} must be an int or a list of two ints")
                 return
             pairs[side] = is_pair
-        function = presets.MATCH_LOSS_MAP[self.loss]
-        wants_pairs = (
-            True
-            if function in TWO_LAYER_LOSSES
-            else False
-            if function in SINGLE_LAYER_LOSSES
-            else None
-        )
+        info = presets.match_loss_info(presets.MATCH_LOSS_MAP[self.loss])
+        wants_pairs = None if info is None else info.layers == 2
         if wants_pairs is None and pairs["layer_T"] != pairs["layer_S"]:
             problems.add(
                 f"`{prefix}`: layer_T={self.layer_T!r} and layer_S={self.layer_S!r} must both be "

@@ -14,6 +14,7 @@ distiller is built. ``TEMPERATURE_SCHEDULER`` is the one dict-like exception: a 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any, Callable
 
@@ -55,6 +56,52 @@ MATCH_LOSS_MAP: dict[str, Callable[..., Any]] = {
     "nst": losses.mmd_loss,
 }
 """Intermediate-feature losses, called ``loss(feature_S, feature_T, mask=inputs_mask)``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchLossInfo:
+    """What the distillers need to know about a built-in match loss, beyond calling it.
+
+    Attributes:
+        layers: how many layers the loss takes from each side: 1, or 2 (a pair, as
+            ``fsp``/``gram`` and ``nst``/``mmd`` do).
+        equal_shapes: whether student and teacher inputs must have equal shapes (checked on the
+            first step, with a message that suggests a projection where one would help).
+        reduces_heads: whether the loss reduces the heads of 4-D attention first, so teacher and
+            student may have different head counts (the shape check compares (batch, length,
+            length)).
+    """
+
+    layers: int = 1
+    equal_shapes: bool = True
+    reduces_heads: bool = False
+
+
+MATCH_LOSS_INFO: dict[Callable[..., Any], MatchLossInfo] = {
+    losses.att_mse_loss: MatchLossInfo(),
+    losses.att_mse_sum_loss: MatchLossInfo(reduces_heads=True),
+    losses.att_ce_loss: MatchLossInfo(),
+    losses.att_ce_mean_loss: MatchLossInfo(reduces_heads=True),
+    losses.hid_mse_loss: MatchLossInfo(),
+    losses.cos_loss: MatchLossInfo(),
+    losses.pkd_loss: MatchLossInfo(),
+    losses.fsp_loss: MatchLossInfo(layers=2),
+    losses.mmd_loss: MatchLossInfo(layers=2, equal_shapes=False),
+}
+"""The one table of built-in match-loss metadata, keyed by the function (aliases share a row).
+
+A function registered by a user has no row: it may take one layer or two, and its shapes are its
+own business. A new built-in loss is a function in ``losses.py`` plus one row here.
+"""
+
+
+def match_loss_info(function: Callable[..., Any]) -> MatchLossInfo | None:
+    """The ``MATCH_LOSS_INFO`` row of ``function``, or ``None`` for a user-registered loss."""
+    try:
+        return MATCH_LOSS_INFO.get(function)
+    except TypeError:  # an unhashable callable cannot be a built-in
+        return None
+
 
 PROJ_MAP: dict[str, Callable[[int, int], Any]] = {
     "linear": projections.linear_projection,
@@ -165,3 +212,34 @@ def register_new(map_name: str, name: str, func: Callable[..., Any]) -> None:
             stacklevel=2,
         )
     MAPS[map_name][name] = func
+
+
+_REGISTRY_NAMES = {
+    id(KD_LOSS_MAP): "KD_LOSS_MAP",
+    id(MATCH_LOSS_MAP): "MATCH_LOSS_MAP",
+    id(PROJ_MAP): "PROJ_MAP",
+    id(WEIGHT_SCHEDULER): "WEIGHT_SCHEDULER",
+    id(TEMPERATURE_SCHEDULER): "TEMPERATURE_SCHEDULER",
+}
+
+
+def resolve(registry: dict, name: Any, field: str) -> Any:
+    """Looks ``name`` up in ``registry`` once, when a distiller is built.
+
+    Args:
+        registry: one of the registries above.
+        name: the key a configuration gives (a list ``[name, *args]`` for builder forms).
+        field: the configuration field, for the message.
+
+    Raises:
+        KeyError: the name is not (or no longer) registered; the message lists the known names.
+    """
+    try:
+        return registry[name]
+    except KeyError:
+        known = ", ".join(repr(key) for key in sorted(registry))
+        where = _REGISTRY_NAMES.get(id(registry), "the registry")
+        raise KeyError(
+            f"`{field}`={name!r} is not in {where} (known: {known}); was it removed after the "
+            "config was built?"
+        ) from None

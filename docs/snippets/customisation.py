@@ -109,44 +109,52 @@ optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
 distiller.train(optimizer, None, batches, num_epochs=2)
 
 
-# 7. A subclass: BasicDistiller plus a trained "bridge" from pooled student to teacher states.
+# 7. A subclass: BasicDistiller plus a trained "bridge" from pooled student to teacher states,
+#    scored by a loss of its own. Returning the bridge from extra_modules() is all it takes for
+#    the session to train it (its own param group), wrap it in DDP (self.wrapped) and save and
+#    resume it with the training state.
+def pooled_cos(pooled_S, pooled_T):  # (batch, hidden) each -> a 0-dim loss
+    return 1 - F.cosine_similarity(pooled_S, pooled_T, dim=-1).mean()
+
+
 class PooledHiddenDistiller(BasicDistiller):
     def __init__(self, *args, bridge_dims=(16, 32), pooled_weight=1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.bridge = nn.Linear(*bridge_dims).to(self.device)  # create it on the device
-        self.bridge_call = self.bridge  # replaced by its DDP wrapper during train()
         self.pooled_weight = pooled_weight
-
-    def compute_loss(self, results_S, results_T):
-        total, parts = super().compute_loss(results_S, results_T)  # KD and hard-label terms
-        pooled_S = self.bridge_call(results_S["hidden"][-1].mean(1))
-        pooled_T = results_T["hidden"][-1].mean(1)
-        pooled = 1 - F.cosine_similarity(pooled_S, pooled_T, dim=-1).mean()
-        parts = {**parts, "unweighted_pooled_cos": pooled}  # logged as scalar/<name>
-        return total + self.pooled_weight * pooled, parts
-
-    def extra_param_groups(self):  # lists, not generators
-        return [{"params": list(self.bridge.parameters()), "lr": 1e-2}]
 
     def extra_modules(self):
         return [self.bridge]
 
-    def wrap_extra_modules(self, wrapped):
-        self.bridge_call = wrapped[0]
-
-    def extra_state(self):
-        return {"bridge": self.bridge.state_dict()}
-
-    def load_extra_state(self, state):
-        self.bridge.load_state_dict(state["bridge"])
+    def compute_loss(self, results_S, results_T):
+        total, parts = super().compute_loss(results_S, results_T)  # KD and hard-label terms
+        pooled_S = self.wrapped(self.bridge)(results_S["hidden"][-1].mean(1))
+        pooled = pooled_cos(pooled_S, results_T["hidden"][-1].mean(1))
+        parts = {**parts, "unweighted_pooled_cos": pooled}  # logged as scalar/<name>
+        return total + self.pooled_weight * pooled, parts
 
 
-teacher, student = Tagger(32), Tagger(16)
-distiller = PooledHiddenDistiller(
-    train_config, DistillationConfig(), teacher, student, adaptor, adaptor
-)
-optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
-distiller.train(optimizer, None, batches, num_epochs=2)
+def distil_pooled(output_dir, resume_from=None):
+    torch.manual_seed(0)
+    teacher, student = Tagger(32), Tagger(16)
+    config = TrainingConfig(
+        device="cpu", output_dir=output_dir, progress_bar=False, save_training_state=True
+    )
+    distiller = PooledHiddenDistiller(
+        config, DistillationConfig(), teacher, student, adaptor, adaptor
+    )
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    distiller.train(optimizer, None, batches, num_epochs=2, resume_from=resume_from)
+    return distiller
+
+
+distiller = distil_pooled("saved_models/pooled")
+# Resuming from the first epoch's checkpoint ends exactly where the uninterrupted run did,
+# bridge included: it was saved and restored with the training state.
+resumed = distil_pooled("saved_models/pooled", resume_from="saved_models/pooled/gs8.pkl")
+same = torch.equal(resumed.bridge.weight, distiller.bridge.weight)
+print("resumed run ends with the same bridge:", same)  # True
+student = distiller.model_S
 
 # 8. The step without the loop: train_on_batch + your own backward and optimizer.
 optimizer = torch.optim.AdamW(

@@ -1,4 +1,17 @@
-"""The distillers and ``BasicTrainer``, all driven by the one loop in ``base.py``."""
+"""The distillers and ``BasicTrainer``, all driven by the one loop in ``base.py``.
+
+What a step computes lives here; how a run proceeds (plans, session, engine, checkpoints, the
+loss log, ``train()`` arguments) lives in ``textbrewer.training``.
+
+* ``base.py``: ``AbstractDistiller``: the loop, the forward template and the subclass hooks.
+* ``basic.py``, ``general.py``, ``multi_teacher.py``, ``multi_task.py``, ``trainer.py``: one
+  class each; they write ``compute_loss`` and name their teachers and adaptors.
+* ``_batches.py``: forward conventions: device moves, teacher/student sub-batches,
+  ``teacher_cache``, ``get_outputs_from_batch``, adaptor-result checks.
+* ``_kd.py``: the KD pipeline (row selection, probability shift, temperature, KD loss) and
+  ``DistillationTerms`` (KD + hard-label terms with their scheduled weights).
+* ``_matching.py``: intermediate matches, projections and hook-based custom matches.
+"""
 
 from textbrewer.distillers.base import AbstractDistiller
 from textbrewer.distillers.basic import BasicDistiller

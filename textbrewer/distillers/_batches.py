@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, TypedDict
+from typing import Any, Callable, TypedDict, Union
 
 import torch
+from torch import nn
 
 from textbrewer import presets
 
@@ -66,6 +68,111 @@ def split_batch(batch: Any) -> tuple[Any, Any, Any]:
     if isinstance(batch, Mapping) and "teacher" in batch and "student" in batch:
         return batch["teacher"], batch["student"], batch.get("teacher_cache")
     return batch, batch, None
+
+
+class AdaptedOutputs(dict):
+    """Teacher outputs that are already an adaptor's result (e.g. stored on disk).
+
+    A batch's ``'teacher_cache'`` holding one of these (or, with several teachers, a list of them)
+    is used as the teacher adaptor's result: ``adaptor_T`` is not called on it.
+    """
+
+
+def teacher_forward(model: Callable[..., Any], batch: Any, args: dict[str, Any]) -> Any:
+    """Runs a teacher on ``batch`` without building a graph."""
+    # no_grad rather than inference_mode: the losses save the teacher's outputs for the
+    # student's backward, which inference tensors do not allow.
+    with torch.no_grad():
+        return call_model(model, batch, args)
+
+
+_TeacherModels = Union[nn.Module, Sequence[nn.Module], None]
+
+
+def get_outputs_from_batch(
+    batch: Any,
+    device: torch.device | str,
+    model_T: _TeacherModels,
+    model_S: Callable[..., Any],
+    args: dict[str, Any] | None = None,
+    no_teacher_forward: bool = False,
+) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """The forward conventions of one micro-batch, as TextBrewer 0.2.x's helper of this name.
+
+    Splits a ``{'teacher', 'student'}`` batch, moves each part to ``device``, runs the teacher(s)
+    without gradients (or takes ``batch['teacher_cache']``), then the student.
+
+    Args:
+        batch: the (post-processed) micro-batch.
+        device: where tensors go.
+        model_T: a teacher, a list of teachers (outputs come back as a list), or ``None``.
+        model_S: the student.
+        args: extra keyword arguments for every model call.
+        no_teacher_forward: skip the teacher (its outputs come back as ``None``).
+
+    Returns:
+        ``((teacher_batch, outputs_T), (student_batch, outputs_S))``, the outputs exactly as the
+        models returned them.
+    """
+    args = args or {}
+    raw_T, raw_S, cache = split_batch(batch)
+    batch_T = move_to_device(raw_T, device)
+    several = isinstance(model_T, (list, tuple))
+    if no_teacher_forward or model_T is None:
+        outputs_T = None
+    elif cache is not None:
+        outputs_T = move_to_device(cache, device)
+        if several and (not isinstance(outputs_T, (list, tuple)) or len(outputs_T) != len(model_T)):
+            raise ValueError(
+                f"batch['teacher_cache'] must be a list with one output per teacher "
+                f"({len(model_T)}), got {type(cache).__name__}"
+            )
+    elif several:
+        outputs_T = [teacher_forward(teacher, batch_T, args) for teacher in model_T]
+    else:
+        outputs_T = teacher_forward(model_T, batch_T, args)
+    batch_S = batch_T if raw_S is raw_T else move_to_device(raw_S, device)
+    outputs_S = call_model(model_S, batch_S, args)
+    return (batch_T, outputs_T), (batch_S, outputs_S)
+
+
+@dataclasses.dataclass
+class Route:
+    """Which models and adaptors one micro-batch goes through (a distiller's ``route``).
+
+    Attributes:
+        batch: the batch to feed (a task's batch for MultiTask).
+        teachers: the teachers to run; empty for ``BasicTrainer``.
+        adaptors_T: one adaptor per teacher.
+        adaptor_S: the student's adaptor.
+        several: ``compute_loss`` receives a list of teacher results, not one dict.
+        names_T: how messages name each teacher adaptor.
+        name_S: how messages name the student adaptor.
+        cached_logits: per teacher, logits cached in memory (``is_caching_logits``): the
+            teachers do not run and these become their results.
+    """
+
+    batch: Any
+    teachers: Sequence[nn.Module]
+    adaptors_T: Sequence[Callable[..., Any]]
+    adaptor_S: Callable[..., Any]
+    several: bool = False
+    names_T: Sequence[str] = ("adaptor_T",)
+    name_S: str = "adaptor_S"
+    cached_logits: list[list[torch.Tensor]] | None = None
+
+
+def cached_logits_results(
+    cached_logits: list[list[torch.Tensor]], results_S: AdaptorResult, device: torch.device
+) -> list[AdaptorResult]:
+    """Teacher results from cached logits; the student's ``logits_mask`` selects them too."""
+    results = []
+    for logits in cached_logits:
+        result: AdaptorResult = {"logits": [t.to(device, non_blocking=True) for t in logits]}
+        if "logits_mask" in results_S:
+            result["logits_mask"] = results_S["logits_mask"]
+        results.append(result)
+    return results
 
 
 def call_model(model: Callable[..., Any], batch: Any, args: dict[str, Any]) -> Any:

@@ -6,12 +6,15 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from textbrewer import presets
+from textbrewer.configurations import DistillationConfig
 from textbrewer.distillers._batches import AdaptorResult
 
 LossParts = dict[str, torch.Tensor]
 """Unweighted loss parts by name, as ``compute_loss`` returns them for logging."""
 
-TemperatureScheduler = Optional[Callable[[torch.Tensor, torch.Tensor, float], Any]]
+_TemperatureScheduler = Optional[Callable[[torch.Tensor, torch.Tensor, float], Any]]
+_Part = tuple[str, torch.Tensor, Any]
 
 
 def select_rows(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -94,7 +97,7 @@ class KDLoss:
         self,
         loss: Callable[..., torch.Tensor],
         temperature: float,
-        temperature_scheduler: TemperatureScheduler,
+        temperature_scheduler: _TemperatureScheduler,
         probability_shift: bool,
     ) -> None:
         self.loss = loss
@@ -184,3 +187,109 @@ def combine_parts(
         term = loss * weight
         total = term if total is None else total + term
     return total, {name: loss for name, loss, _ in parts}
+
+
+class DistillationTerms:
+    """The KD and hard-label terms of a distiller, with their (scheduled) weights.
+
+    Composed by the distillers (not by ``BasicTrainer``); it is also the stateful part that saves
+    the scheduled weights for resuming. The config is read, never written.
+
+    Args:
+        config: the distillation settings; its registry names are resolved here, once.
+    """
+
+    name = "distillation_terms"
+
+    def __init__(self, config: DistillationConfig) -> None:
+        self.config = config
+        self.kd_loss = presets.resolve(presets.KD_LOSS_MAP, config.kd_loss_type, "kd_loss_type")
+        scheduler = config.temperature_scheduler
+        self.kd = KDLoss(
+            self.kd_loss,
+            config.temperature,
+            None
+            if scheduler == "none"
+            else presets.resolve(presets.TEMPERATURE_SCHEDULER, scheduler, "temperature_scheduler"),
+            config.probability_shift,
+        )
+        self.schedules = {
+            field: presets.resolve(presets.WEIGHT_SCHEDULER, name, f"{field}_scheduler")
+            for field in ("kd_loss_weight", "hard_label_weight")
+            if (name := getattr(config, f"{field}_scheduler")) != "none"
+        }
+        self.reset()
+
+    def reset(self) -> None:
+        """Starts from the configured weights (every ``train()`` call does)."""
+        self.kd_loss_weight = self.config.kd_loss_weight
+        self.hard_label_weight = self.config.hard_label_weight
+
+    def update(self, fraction_done: float) -> None:
+        """Applies the weight schedulers after an optimizer step (``global_step / total``)."""
+        for field, schedule in self.schedules.items():
+            setattr(self, field, schedule(fraction_done))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current weights."""
+        return {"kd_loss_weight": self.kd_loss_weight, "hard_label_weight": self.hard_label_weight}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores the current weights."""
+        self.kd_loss_weight = state["kd_loss_weight"]
+        self.hard_label_weight = state["hard_label_weight"]
+
+    def parts(self, results_S: AdaptorResult, results_T: AdaptorResult) -> list[_Part]:
+        """``(name, unweighted loss, weight)`` for the KD and hard-label terms that apply."""
+        parts = []
+        if "logits" in results_S and "logits" in results_T:
+            check_lengths(results_S, results_T)
+            kd = self.kd(
+                results_S["logits"],
+                results_T["logits"],
+                results_S.get("logits_mask"),
+                results_T.get("logits_mask"),
+                results_S.get("labels"),
+            )
+            parts.append(("unweighted_kd_loss", kd, self.kd_loss_weight))
+        if "losses" in results_S:
+            losses = sum_of_means(results_S["losses"])
+            parts.append(("unweighted_hard_label_loss", losses, self.hard_label_weight))
+        return parts
+
+
+class UsesDistillationTerms:
+    """Gives a distiller ``self.terms`` and the 0.2.x attributes users read from it.
+
+    ``kd_loss_weight`` and ``hard_label_weight`` are the current (possibly scheduled) weights,
+    ``kd_loss`` the ``KD_LOSS_MAP`` function, called ``kd_loss(logits_S, logits_T, temperature)``.
+    """
+
+    terms: DistillationTerms
+
+    @property
+    def kd_loss(self) -> Callable[..., torch.Tensor]:
+        """The KD loss function of ``kd_loss_type``."""
+        return self.terms.kd_loss
+
+    @property
+    def kd_loss_weight(self) -> float:
+        """The KD term's current weight."""
+        return self.terms.kd_loss_weight
+
+    @kd_loss_weight.setter
+    def kd_loss_weight(self, value: float) -> None:
+        self.terms.kd_loss_weight = value
+
+    @property
+    def hard_label_weight(self) -> float:
+        """The hard-label term's current weight."""
+        return self.terms.hard_label_weight
+
+    @hard_label_weight.setter
+    def hard_label_weight(self, value: float) -> None:
+        self.terms.hard_label_weight = value
+
+    def schedules(self) -> list[DistillationTerms]:
+        """The distillation terms, whose weights follow the weight schedulers."""
+        return [self.terms]

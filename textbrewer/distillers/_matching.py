@@ -15,22 +15,7 @@ from torch import nn
 from textbrewer import presets
 from textbrewer.distillers._batches import AdaptorResult
 from textbrewer.distillers._kd import LossParts, combine_parts, to_float32
-from textbrewer.matches import TWO_LAYER_LOSSES, IntermediateMatch
-
-# Built-in losses whose student and teacher inputs must have equal shapes (nst/mmd need not).
-_EQUAL_SHAPE_LOSSES = frozenset(
-    presets.MATCH_LOSS_MAP[name]
-    for name in (
-        "hidden_mse",
-        "cos",
-        "pkd",
-        "attention_mse",
-        "attention_mse_sum",
-        "attention_ce",
-        "attention_ce_mean",
-        "fsp",
-    )
-)
+from textbrewer.matches import IntermediateMatch
 
 
 class ProjectionBank(nn.Module):
@@ -117,6 +102,12 @@ class MatchComputer:
         device: torch.device,
     ) -> None:
         self.matches = list(matches)
+        # Resolved once here: a step never looks a loss up by name.
+        self.functions = [
+            presets.resolve(presets.MATCH_LOSS_MAP, match.loss, f"intermediate_matches[{i}].loss")
+            for i, match in enumerate(self.matches)
+        ]
+        self.infos = [presets.match_loss_info(function) for function in self.functions]
         layers, self.projection_of, self.param_options = [], {}, []
         for index, match in enumerate(self.matches):
             if match.proj is not None:
@@ -179,9 +170,8 @@ class MatchComputer:
             mask = results_S.get("inputs_mask")
             for index, (match, student) in enumerate(zip(self.matches, features_S)):
                 teacher = self._features(teachers[match.teacher or 0], match, index, "T")
-                function = presets.MATCH_LOSS_MAP[match.loss]
-                _check_shapes(function, student, teacher, match, index)
-                loss = function(student, teacher, mask=mask)
+                _check_shapes(self.infos[index], student, teacher, match, index)
+                loss = self.functions[index](student, teacher, mask=mask)
                 parts.append((_part_name(match), loss, match.weight))
         parts.extend(self._custom_parts(results_S, teachers))
         return parts
@@ -250,7 +240,8 @@ class MatchingHooks:
     """The loss and session hooks of a distiller with intermediate matches (``self.matches``).
 
     Mixed into ``GeneralDistiller`` and ``MultiTaskDistiller``: the loss is the KD and hard-label
-    terms followed by every match, and the projections join the session through the hooks.
+    terms (``self.terms``) followed by every match, and the projections join the session through
+    the hooks (param groups with their options, DDP wrapping, the training state).
     """
 
     matches: MatchComputer
@@ -264,7 +255,7 @@ class MatchingHooks:
         self, results_S: AdaptorResult, results_T: AdaptorResult
     ) -> tuple[torch.Tensor, LossParts]:
         """KD and hard-label terms, then every intermediate and custom match, in order."""
-        parts = self._logits_and_label_parts(results_S, results_T)
+        parts = self.terms.parts(results_S, results_T)
         parts.extend(self.matches(results_S, results_T))
         return combine_parts(parts)
 
@@ -280,15 +271,6 @@ class MatchingHooks:
         """Uses the (DDP-)wrapped projections for the forward passes."""
         self.matches.use_wrapped(wrapped)
 
-    def extra_state(self) -> dict[str, Any]:
-        """The projections' and custom projections' weights."""
-        return {"modules": [module.state_dict() for module in self.extra_modules()]}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restores the projections' weights."""
-        for module, saved in zip(self.extra_modules(), state.get("modules", [])):
-            module.load_state_dict(saved)
-
 
 def _part_name(match: IntermediateMatch) -> str:
     def layer(value: Any) -> str:
@@ -297,16 +279,46 @@ def _part_name(match: IntermediateMatch) -> str:
     return f"unweighted_{match.feature}_{match.loss}_{layer(match.layer_S)}_{layer(match.layer_T)}"
 
 
-def _check_shapes(function: Any, student: Any, teacher: Any, match: IntermediateMatch, index: int):
-    if function not in _EQUAL_SHAPE_LOSSES:
+def _compared_shape(tensor: torch.Tensor, info: presets.MatchLossInfo) -> tuple[int, ...]:
+    if info.reduces_heads and tensor.dim() == 4:
+        return (tensor.shape[0], *tensor.shape[2:])
+    return tuple(tensor.shape)
+
+
+def _check_shapes(
+    info: presets.MatchLossInfo | None,
+    student: Any,
+    teacher: Any,
+    match: IntermediateMatch,
+    index: int,
+) -> None:
+    if info is None or not info.equal_shapes:
         return
-    pairs = zip(student, teacher) if function in TWO_LAYER_LOSSES else [(student, teacher)]
+    pairs = zip(student, teacher) if info.layers == 2 else [(student, teacher)]
     for tensor_S, tensor_T in pairs:
-        if tensor_S.shape != tensor_T.shape:
+        shape_S, shape_T = _compared_shape(tensor_S, info), _compared_shape(tensor_T, info)
+        if shape_S == shape_T:
+            continue
+        where = (
+            f"intermediate_matches[{index}] ({match.feature}, loss {match.loss!r}, "
+            f"layer_S={match.layer_S}, layer_T={match.layer_T})"
+        )
+        if shape_S[:-1] != shape_T[:-1] and match.feature != "attention":
             raise ValueError(
-                f"intermediate_matches[{index}] ({match.feature}, loss {match.loss!r}, "
-                f"layer_S={match.layer_S}, layer_T={match.layer_T}): student shape "
-                f"{tuple(tensor_S.shape)} != teacher shape {tuple(tensor_T.shape)}; add "
-                f"'proj': ['linear', {tensor_S.shape[-1]}, {tensor_T.shape[-1]}] to project "
-                "the student's feature"
+                f"{where}: student shape {tuple(tensor_S.shape)} != teacher shape "
+                f"{tuple(tensor_T.shape)} before the last (feature) dimension: the positions do "
+                "not align (different batches or sequence lengths, e.g. different tokenizers), "
+                "which no projection can fix"
             )
+        if match.feature == "attention":
+            raise ValueError(
+                f"{where}: student attention shape {tuple(tensor_S.shape)} != teacher shape "
+                f"{tuple(tensor_T.shape)}. Attention maps compare position by position, so the "
+                "sequence lengths must agree; for different head counts use 'attention_mse_sum' "
+                "or 'attention_ce_mean', which reduce the heads first"
+            )
+        raise ValueError(
+            f"{where}: student shape {tuple(tensor_S.shape)} != teacher shape "
+            f"{tuple(tensor_T.shape)}; add 'proj': ['linear', {tensor_S.shape[-1]}, "
+            f"{tensor_T.shape[-1]}] to project the student's feature"
+        )

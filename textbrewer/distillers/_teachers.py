@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from textbrewer.distillers._batches import AdaptorResult
-from textbrewer.distillers._kd import select_rows, to_float32
+from textbrewer.distillers._kd import DistillationTerms, check_lengths, select_rows, to_float32
 
 MEAN_LOGITS = "mean_logits"
 MEAN_LOSSES = "mean_losses"
@@ -104,6 +104,43 @@ class TeacherCombination:
             return None
         check_logits_counts(results_T)
         return self.mean([kd_of(result) for result in results_T])
+
+
+def combined_kd_parts(
+    terms: DistillationTerms,
+    combination: TeacherCombination,
+    results_S: AdaptorResult,
+    results_T: Sequence[AdaptorResult],
+) -> list[tuple[str, Any, Any]]:
+    """``(name, unweighted loss, weight)`` of the KD and hard-label terms against several teachers.
+
+    ``'mean_logits'`` hands ``terms`` the averaged teacher; ``'mean_losses'`` computes
+    ``terms``' KD loss against each teacher and averages those (the part is still
+    ``unweighted_kd_loss``, weighted by ``kd_loss_weight``), then adds the hard-label term.
+    """
+    if combination.mode == MEAN_LOGITS:
+        return terms.parts(results_S, combination.averaged_logits(results_T))
+    parts = []
+    if "logits" in results_S:
+        kd = combination.mean_of_losses(lambda one: _kd_of(terms, results_S, one), results_T)
+        if kd is not None:
+            parts.append(("unweighted_kd_loss", kd, terms.kd_loss_weight))
+    return parts + terms.parts(results_S, {})  # the hard-label term alone
+
+
+def _kd_of(
+    terms: DistillationTerms, results_S: AdaptorResult, result_T: AdaptorResult
+) -> torch.Tensor:
+    # Each teacher as a single-teacher distiller sees it: its own logits_mask, probability
+    # shift and temperature-scheduler result.
+    check_lengths(results_S, result_T)
+    return terms.kd(
+        results_S["logits"],
+        result_T["logits"],
+        results_S.get("logits_mask"),
+        result_T.get("logits_mask"),
+        results_S.get("labels"),
+    )
 
 
 def normalised_weights(weights: Any, count: int, field: str) -> list[float] | None:

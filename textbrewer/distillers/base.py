@@ -1,10 +1,11 @@
-"""The one training loop, shared by every distiller and by ``BasicTrainer``.
+"""The one training loop and the one forward template, shared by every distiller.
 
-A micro-batch flows: plan -> ``train_on_batch`` (forwards, adaptors, ``compute_loss``) -> backward;
-every ``gradient_accumulation_steps`` micro-batches: clip, optimizer step, LR schedule, weight
-schedules, logging, checkpoint and callback. Subclasses override ``compute_loss`` and, where the
-forward differs, ``train_on_batch``; what they add to the session (projection parameters, state to
-resume) they return from the small hooks ``extra_param_groups``/``extra_state``.
+A micro-batch flows: plan -> ``train_on_batch`` (route, forwards, adaptors, ``compute_loss``) ->
+backward; every ``gradient_accumulation_steps`` micro-batches: clip, optimizer step, LR schedule,
+weight schedules, logging, checkpoint and callback. A distiller writes ``compute_loss`` and says
+which teachers and adaptors a batch goes through (``teachers``, ``teacher_adaptors``, or
+``_route`` when that depends on the batch); what it adds to the session (trainable modules,
+state to resume, scheduled weights) it returns from small hooks that default to nothing.
 """
 
 from __future__ import annotations
@@ -12,33 +13,38 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from textbrewer import presets
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._batches import AdaptorChecker, AdaptorResult, call_model
-from textbrewer.distillers._kd import KDLoss, LossParts, check_lengths, sum_of_means
-from textbrewer.training import checkpoint as ckpt
-from textbrewer.training.arguments import SINGLE_SOURCE, CallStyle, TrainCall, parse_train_call
-from textbrewer.training.engine import Engine, unwrap
-from textbrewer.training.loss_log import LossLog
-from textbrewer.training.plans import CycledLoader, EpochPlan, LoaderPasses, StepPlan
-from textbrewer.training.session import (
-    Progress,
-    open_log,
-    prepare_optimizer,
-    resume_training,
-    save_training_state,
+from textbrewer.distillers._batches import (
+    AdaptedOutputs,
+    AdaptorChecker,
+    AdaptorResult,
+    Route,
+    cached_logits_results,
+    get_outputs_from_batch,
 )
+from textbrewer.distillers._kd import LossParts
+from textbrewer.training import checkpoint as ckpt
+from textbrewer.training.arguments import (
+    SINGLE_SOURCE,
+    CallStyle,
+    TrainCall,
+    check_postprocessors,
+    parse_train_call,
+)
+from textbrewer.training.engine import Engine, unwrap
+from textbrewer.training.plans import CycledLoader, EpochPlan, LoaderPasses, Plan, StepPlan
+from textbrewer.training.session import Session, Stateful, prepare_optimizer
 
 logger = logging.getLogger(__name__)
 
 
 class AbstractDistiller:
-    """The training session and loop; subclasses define the loss.
+    """The training session, the loop and the forward template; subclasses define the loss.
 
     Args:
         train_config: training settings.
@@ -47,16 +53,18 @@ class AbstractDistiller:
         adaptor_S: ``adaptor_S(batch, model_outputs) -> dict`` for the student.
 
     Subclass contract:
-        * ``train_on_batch(batch, args) -> (total_loss, parts)`` runs the forwards and returns
-          ``compute_loss``'s result; it must not call backward or step anything.
         * ``compute_loss(results_S, results_T) -> (total_loss, parts)``: ``parts`` maps names to
           unweighted scalar tensors, logged as ``scalar/<name>``.
-        * ``extra_param_groups() -> list[dict]``: optimizer param groups for trainable modules
-          other than the student (added to the optimizer when ``train()`` starts).
-        * ``extra_modules() -> list[nn.Module]``: those modules (created on ``self.device``), so
-          the session can wrap them in DistributedDataParallel (``wrap_extra_modules`` receives
-          the wrapped ones).
-        * ``extra_state() -> dict`` / ``load_extra_state(state)``: saved with the training state.
+        * ``teachers() -> list[nn.Module]`` and ``teacher_adaptors() -> list``: the teachers a
+          batch goes through, with one adaptor each (``_route(batch)`` when it depends on the
+          batch, as in ``MultiTaskDistiller``).
+        * ``extra_modules() -> list[nn.Module]``: trainable modules besides the student (created on
+          ``self.device``): they get param groups (``extra_param_groups``), are wrapped like the
+          student under DDP (call them through ``self.wrapped(module)``) and are saved with the
+          training state.
+        * ``extra_state() -> dict`` / ``load_extra_state(state)``: other state to resume.
+        * ``schedules() -> list``: stateful objects updated after every optimizer step with
+          ``update(global_step / total_steps)`` and reset by ``reset()`` when ``train()`` starts.
     """
 
     _call_style: CallStyle = SINGLE_SOURCE
@@ -77,7 +85,7 @@ class AbstractDistiller:
                 "`distill_config` must be a DistillationConfig, "
                 f"got {type(distill_config).__name__}"
             )
-        check_module("model_S", model_S)
+        _check_module("model_S", model_S)
         self.t_config = train_config
         self.d_config = distill_config
         self._engine = Engine(train_config)
@@ -85,19 +93,52 @@ class AbstractDistiller:
         self.model_S = model_S.to(self.device)
         self.adaptor_S = adaptor_S
         self._check_result = AdaptorChecker()
-        self.kd_loss_weight = distill_config.kd_loss_weight if distill_config else 0
-        self.hard_label_weight = distill_config.hard_label_weight if distill_config else 1
-        self._weight_schedules: dict[str, Callable[[float], float]] = {}
         self._saved_modes: list[list[bool]] = []
         self._ddp_modules: list[nn.Module] = []
-        if distill_config is not None:
-            self._configure_distillation(distill_config)
+        self._wrappers: dict[int, nn.Module] = {}
 
     # ----------------------------------------------------------------- hooks for subclasses
     def teachers(self) -> list[nn.Module]:
         """The teacher models (kept in eval mode and run without gradients)."""
         return []
 
+    def teacher_adaptors(self) -> list[Any]:
+        """One adaptor per teacher, in ``teachers()`` order."""
+        return []
+
+    def compute_loss(
+        self, results_S: AdaptorResult, results_T: Any
+    ) -> tuple[torch.Tensor, LossParts]:
+        """Combines the adaptors' results into ``(total_loss, unweighted named parts)``."""
+        raise NotImplementedError
+
+    def extra_modules(self) -> list[nn.Module]:
+        """Trainable modules besides the student (default: none)."""
+        return []
+
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer param groups for ``extra_modules()``: one per module, default options."""
+        return [{"params": list(module.parameters())} for module in self.extra_modules()]
+
+    def wrap_extra_modules(self, wrapped: list[nn.Module]) -> None:
+        """Receives ``extra_modules()`` as the session wrapped them (DDP), or unwrapped again."""
+
+    def wrapped(self, module: nn.Module) -> nn.Module:
+        """``module`` as the session wrapped it (DDP while training), else ``module`` itself."""
+        return self._wrappers.get(id(module), module)
+
+    def extra_state(self) -> dict[str, Any]:
+        """State to resume besides the modules, optimizer and schedules (default: none)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restores what ``extra_state`` returned."""
+
+    def schedules(self) -> list[Any]:
+        """Objects whose values follow the training progress (default: none)."""
+        return []
+
+    # ----------------------------------------------------------------- the forward template
     def train_on_batch(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
         """Runs the forward passes on one micro-batch and returns ``compute_loss``'s result.
 
@@ -108,31 +149,63 @@ class AbstractDistiller:
         Returns:
             ``(total_loss, parts)`` as ``compute_loss`` returns them. Nothing is stepped.
         """
-        raise NotImplementedError
+        results_S, results_T = self.adapted_outputs(batch, args)
+        # Losses run in float32 (the loss helpers cast up): softmax and sums over large
+        # dimensions are not accurate in float16/bfloat16.
+        with torch.autocast(self.device.type, enabled=False):
+            return self.compute_loss(results_S, results_T)
 
-    def compute_loss(
-        self, results_S: AdaptorResult, results_T: Any
-    ) -> tuple[torch.Tensor, LossParts]:
-        """Combines the adaptors' results into ``(total_loss, unweighted named parts)``."""
-        raise NotImplementedError
+    def adapted_outputs(self, batch: Any, args: dict[str, Any]) -> tuple[AdaptorResult, Any]:
+        """The checked adaptor results ``(results_S, results_T)`` of one micro-batch.
 
-    def extra_param_groups(self) -> list[dict[str, Any]]:
-        """Optimizer param groups of trainable modules besides the student (default: none)."""
-        return []
+        ``results_T`` is one dict, a list of dicts when the batch goes through several teachers,
+        or ``None`` without a teacher. Order (it fixes the RNG stream dropout draws from): move
+        the teacher batch, teacher forward, move the student batch, student forward,
+        ``adaptor_T``, ``adaptor_S``.
+        """
+        route = self._route(batch)
+        teachers = list(route.teachers)
+        model_T = (teachers if route.several else teachers[0]) if teachers else None
+        with self._engine.autocast():
+            (batch_T, outputs_T), (batch_S, outputs_S) = get_outputs_from_batch(
+                route.batch,
+                self.device,
+                model_T,
+                self.model_S,
+                args,
+                no_teacher_forward=route.cached_logits is not None,
+            )
+        results_T = None
+        if outputs_T is not None:
+            outputs = outputs_T if route.several else [outputs_T]
+            results_T = [
+                self._adapt(adaptor, batch_T, output, name)
+                for adaptor, output, name in zip(route.adaptors_T, outputs, route.names_T)
+            ]
+        results_S = self._check_result(route.adaptor_S(batch_S, outputs_S), route.name_S)
+        if route.cached_logits is not None:
+            results_T = cached_logits_results(route.cached_logits, results_S, self.device)
+        if results_T is not None and not route.several:
+            results_T = results_T[0]
+        return results_S, results_T
 
-    def extra_modules(self) -> list[nn.Module]:
-        """Trainable modules besides the student, for device placement and DDP (default: none)."""
-        return []
+    def _route(self, batch: Any) -> Route:
+        adaptors = self.teacher_adaptors()
+        return Route(
+            batch,
+            self.teachers(),
+            adaptors,
+            self.adaptor_S,
+            several=len(adaptors) > 1,
+            names_T=[f"adaptor_T[{i}]" for i in range(len(adaptors))]
+            if len(adaptors) > 1
+            else ["adaptor_T"],
+        )
 
-    def wrap_extra_modules(self, wrapped: list[nn.Module]) -> None:
-        """Receives ``extra_modules()`` as the session wrapped them (DDP), or unwrapped again."""
-
-    def extra_state(self) -> dict[str, Any]:
-        """State to save for resuming besides the student and optimizer (default: none)."""
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restores what ``extra_state`` returned."""
+    def _adapt(self, adaptor: Any, batch: Any, outputs: Any, name: str) -> AdaptorResult:
+        if isinstance(outputs, AdaptedOutputs):  # stored results: the adaptor already ran
+            return self._check_result(dict(outputs), name)
+        return self._check_result(adaptor(batch, outputs), name)
 
     # ----------------------------------------------------------------- modes
     def __enter__(self) -> AbstractDistiller:
@@ -180,57 +253,90 @@ class AbstractDistiller:
                 passed to every model forward.
         """
         call = parse_train_call(self._call_style, optimizer, args, kwargs)
-        plan = self._build_plan(call)
-        scheduler = prepare_optimizer(call, self.extra_param_groups())
-        self._reset_weights()
-        progress = Progress()
-        if call.resume_from is not None:
-            resume_training(self, call, plan, scheduler, progress)
-        log = open_log(self._engine, self.t_config, plan.total_steps, progress.global_step)
+        session = self._open_session(call)
         previous_modes = self._set_training_modes()
         try:
             with self._wrapped_for_training():
-                self._run(call, plan, scheduler, progress, log)
+                self._run(session)
         finally:
-            log.close()
+            session.close()
             self._restore_modes(previous_modes)
 
-    def _run(self, call: TrainCall, plan: Any, scheduler: Any, progress: Progress, log: LossLog):
-        engine, optimizer = self._engine, call.optimizer
-        accumulation = self.t_config.gradient_accumulation_steps
-        optimizer.zero_grad()
+    def _open_session(self, call: TrainCall) -> Session:
+        plan = self._build_plan(call)
+        scheduler = prepare_optimizer(call, self.extra_param_groups())
+        session = Session(call, plan, scheduler, self._engine)
+        session.stateful.update(self._stateful_parts())
+        for schedule in self.schedules():
+            schedule.reset()
+            session.stateful[schedule.name] = schedule
+        if call.resume_from is not None:
+            session.resume(call.resume_from)
+        session.open_log(self.t_config)
+        return session
+
+    def _stateful_parts(self) -> dict[str, Stateful]:
+        return {
+            "student": unwrap(self.model_S),
+            "extra_modules": _ModuleStates(self.extra_modules()),
+            "extra": _ExtraState(self),
+        }
+
+    def _run(self, session: Session) -> None:
+        engine, plan, progress, log = self._engine, session.plan, session.progress, session.log
+        session.optimizer.zero_grad()
         for micro in plan.micro_batches():
             if micro.starts_epoch:
                 logger.info("Epoch %d/%d", micro.epoch + 1, plan.num_epochs)
-                optimizer.zero_grad()
+                session.optimizer.zero_grad()
             with engine.gradient_sync(self._ddp_modules, sync=micro.ends_step):
-                total, parts = self.train_on_batch(micro.batch, call.model_args)
-                engine.backward(total / accumulation)
+                total, parts = self.train_on_batch(micro.batch, session.call.model_args)
+                engine.backward(total)
             log.record(progress.micro_index, progress.global_step + 1, total, parts)
             progress.micro_index += 1
             if not micro.ends_step:
                 continue
-            stepped = engine.step(optimizer, unwrap(self.model_S).parameters(), call.max_grad_norm)
-            if stepped and scheduler is not None:  # a skipped fp16 step keeps the LR where it is
-                scheduler.step()
-            optimizer.zero_grad()
-            progress.global_step += 1
-            self._update_weights(progress.global_step / plan.total_steps)
-            if log.progress is not None:
-                log.progress.update(1)
-            if progress.global_step % self.t_config.log_every_n_steps == 0:
-                log.flush(engine)
+            self._optimizer_step(session)
             if plan.is_checkpoint(progress.global_step):
                 log.flush(engine)
-                self._checkpoint(call, plan, scheduler, progress)
+                self._checkpoint(session)
             if plan.is_done(progress.global_step):
                 break
         log.flush(engine)
         logger.info("Training done after %d optimizer steps", progress.global_step)
 
-    # ----------------------------------------------------------------- session helpers
-    def _build_plan(self, call: TrainCall) -> Any:
-        _check_postprocessor(call.batch_postprocessor)
+    def _optimizer_step(self, session: Session) -> None:
+        engine, progress, optimizer = self._engine, session.progress, session.optimizer
+        stepped = engine.step(
+            optimizer, unwrap(self.model_S).parameters(), session.call.max_grad_norm
+        )
+        if stepped and session.scheduler is not None:  # a skipped fp16 step keeps the LR
+            session.scheduler.step()
+        optimizer.zero_grad()
+        progress.global_step += 1
+        for schedule in self.schedules():
+            schedule.update(progress.global_step / session.plan.total_steps)
+        if session.log.progress is not None:
+            session.log.progress.update(1)
+        if progress.global_step % self.t_config.log_every_n_steps == 0:
+            session.log.flush(engine)
+
+    def _checkpoint(self, session: Session) -> None:
+        step = session.progress.global_step
+        path = ckpt.checkpoint_path(self.t_config.output_dir, step)
+        if self._engine.is_main:
+            ckpt.atomic_save(unwrap(self.model_S).state_dict(), path)
+            logger.info("Saved checkpoint %s", path)
+        if session.call.callback is not None:
+            session.call.callback(model=self.model_S, step=step)
+            self.model_S.train()
+        if self.t_config.save_training_state:
+            # Taken after the callback, so random draws an evaluation makes are part of it.
+            session.save(ckpt.state_path_for(path))
+
+    # ----------------------------------------------------------------- plans
+    def _build_plan(self, call: TrainCall) -> Plan:
+        check_postprocessors(call.batch_postprocessor)
         if call.num_steps is not None:
             return self._step_plan(call, CycledLoader(call.data, call.batch_postprocessor))
         if not hasattr(call.data, "__len__"):
@@ -266,128 +372,67 @@ class AbstractDistiller:
             self.t_config.gradient_accumulation_steps,
         )
 
-    def _reset_weights(self) -> None:
-        config = self.d_config
-        if config is None:
-            return
-        self.kd_loss_weight = config.kd_loss_weight
-        self.hard_label_weight = config.hard_label_weight
-
-    def _update_weights(self, fraction_done: float) -> None:
-        for name, schedule in self._weight_schedules.items():
-            setattr(self, name, schedule(fraction_done))
-
     @contextlib.contextmanager
     def _wrapped_for_training(self) -> Iterator[None]:
         engine = self._engine
         student, extras = self.model_S, self.extra_modules()
         self.model_S = engine.wrap_trainable(student)
         wrapped = [engine.wrap_trainable(module) for module in extras]
+        self._wrappers = {id(module): wrapper for module, wrapper in zip(extras, wrapped)}
         self.wrap_extra_modules(wrapped)
         self._ddp_modules = [self.model_S, *wrapped]
         try:
             yield
         finally:
             self.model_S = student
+            self._wrappers = {}
             self.wrap_extra_modules(extras)
             self._ddp_modules = []
 
-    def _checkpoint(self, call: TrainCall, plan: Any, scheduler: Any, progress: Progress):
-        step = progress.global_step
-        path = ckpt.checkpoint_path(self.t_config.output_dir, step)
-        if self._engine.is_main:
-            ckpt.atomic_save(unwrap(self.model_S).state_dict(), path)
-            logger.info("Saved checkpoint %s", path)
-        if call.callback is not None:
-            call.callback(model=self.model_S, step=step)
-            self.model_S.train()
-        if self.t_config.save_training_state:
-            # Taken after the callback, so random draws an evaluation makes are part of it.
-            save_training_state(self, call, plan, scheduler, progress, ckpt.state_path_for(path))
 
-    # ----------------------------------------------------------------- forward helpers
-    def _configure_distillation(self, config: DistillationConfig) -> None:
-        self._kd = KDLoss(
-            _lookup(presets.KD_LOSS_MAP, config.kd_loss_type, "kd_loss_type", "KD_LOSS_MAP"),
-            config.temperature,
-            _temperature_scheduler(config.temperature_scheduler),
-            config.probability_shift,
-        )
-        for field in ("kd_loss_weight", "hard_label_weight"):
-            name = getattr(config, f"{field}_scheduler")
-            if name != "none":
-                self._weight_schedules[field] = _lookup(
-                    presets.WEIGHT_SCHEDULER, name, f"{field}_scheduler", "WEIGHT_SCHEDULER"
-                )
+class _ModuleStates:
+    """The ``extra_modules()`` as one stateful part (their state dicts, in order)."""
 
-    def _logits_and_label_parts(self, results_S: AdaptorResult, results_T: AdaptorResult):
-        """``(name, unweighted loss, weight)`` for the KD and hard-label terms that apply."""
-        parts = []
-        if "logits" in results_S and "logits" in results_T:
-            check_lengths(results_S, results_T)
-            kd = self._kd(
-                results_S["logits"],
-                results_T["logits"],
-                results_S.get("logits_mask"),
-                results_T.get("logits_mask"),
-                results_S.get("labels"),
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.modules = modules
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"modules": [module.state_dict() for module in self.modules]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state["modules"]
+        if len(saved) != len(self.modules):
+            raise ValueError(
+                f"the training state holds {len(saved)} extra module(s) (projections), this "
+                f"distiller has {len(self.modules)}; resume with the same matches and modules"
             )
-            parts.append(("unweighted_kd_loss", kd, self.kd_loss_weight))
-        if "losses" in results_S:
-            parts.append(
-                (
-                    "unweighted_hard_label_loss",
-                    sum_of_means(results_S["losses"]),
-                    self.hard_label_weight,
-                )
-            )
-        return parts
-
-    def _teacher_outputs(self, model: nn.Module, batch: Any, args: dict[str, Any]) -> Any:
-        # Teachers never build a graph; no_grad (not inference_mode) because their outputs
-        # are saved for the student's backward by the losses.
-        with torch.no_grad():
-            return call_model(model, batch, args)
-
-    def _loss_without_autocast(self, results_S: Any, results_T: Any):
-        # Losses run in float32 (inputs are cast up in the loss helpers): softmax and sums over
-        # large dimensions are not accurate in float16/bfloat16.
-        with torch.autocast(self.device.type, enabled=False):
-            return self.compute_loss(results_S, results_T)
+        for module, module_state in zip(self.modules, saved):
+            module.load_state_dict(module_state)
 
 
-def check_module(name: str, model: Any) -> None:
+class _ExtraState:
+    """A distiller's ``extra_state``/``load_extra_state`` hooks as one stateful part."""
+
+    def __init__(self, distiller: AbstractDistiller) -> None:
+        self.distiller = distiller
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.distiller.extra_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.distiller.load_extra_state(state)
+
+
+def _check_module(name: str, model: Any) -> None:
     """Raises a ``TypeError`` naming ``name`` unless ``model`` is an ``nn.Module``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"`{name}` must be a torch.nn.Module, got {type(model).__name__}")
 
 
-def _lookup(registry: dict, name: Any, field: str, registry_name: str) -> Any:
-    try:
-        return registry[name]
-    except KeyError:
-        known = ", ".join(repr(key) for key in sorted(registry))
-        raise KeyError(
-            f"`{field}`={name!r} is not in {registry_name} (known: {known}); was it removed "
-            "after the config was built?"
-        ) from None
-
-
-def _temperature_scheduler(value: Any) -> Any:
-    if value == "none":
-        return None
-    return presets.TEMPERATURE_SCHEDULER[value]
-
-
-def checked_adaptor(name: str, adaptor: Any) -> Any:
+def _checked_adaptor(name: str, adaptor: Any) -> Any:
     """Returns ``adaptor`` if it is callable, else raises a ``TypeError`` naming it."""
     if not callable(adaptor):
         raise TypeError(
             f"`{name}` must be callable as {name}(batch, model_outputs) -> dict, got {adaptor!r}"
         )
     return adaptor
-
-
-def _check_postprocessor(postprocessor: Any) -> None:
-    if postprocessor is not None and not callable(postprocessor):
-        raise TypeError(f"`batch_postprocessor`={postprocessor!r} must be callable(batch) -> batch")

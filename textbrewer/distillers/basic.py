@@ -10,34 +10,35 @@ import torch
 from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device, split_batch
-from textbrewer.distillers._kd import combine_parts
-from textbrewer.distillers.base import (
-    AbstractDistiller,
-    LossParts,
-    check_module,
-    checked_adaptor,
+from textbrewer.distillers._batches import (
+    AdaptorResult,
+    Route,
+    move_to_device,
+    split_batch,
+    teacher_forward,
 )
+from textbrewer.distillers._kd import (
+    DistillationTerms,
+    LossParts,
+    UsesDistillationTerms,
+    combine_parts,
+)
+from textbrewer.distillers.base import AbstractDistiller, _check_module, _checked_adaptor
 from textbrewer.training.arguments import TrainCall
-from textbrewer.training.plans import CachedPasses
+from textbrewer.training.plans import CachedPasses, Plan
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class CachedBatch:
-    """A batch stored on the device with its teachers' logits (on the CPU) by logits caching.
-
-    Attributes:
-        batch: the post-processed batch, already on the device.
-        logits_T: per teacher, the list of logits tensors its adaptor returned.
-    """
+class _CachedBatch:
+    """A batch stored on the device with its teachers' logits (on the CPU) by logits caching."""
 
     batch: Any
     logits_T: list[list[torch.Tensor]]
 
 
-class BasicDistiller(AbstractDistiller):
+class BasicDistiller(UsesDistillationTerms, AbstractDistiller):
     """Distils a teacher's logits into a student: ``kd_loss_weight * KD + hard_label_weight * HL``.
 
     Args:
@@ -73,12 +74,13 @@ class BasicDistiller(AbstractDistiller):
         adaptor_T: Any,
         adaptor_S: Any,
     ) -> None:
-        check_module("model_T", model_T)
+        _check_module("model_T", model_T)
         super().__init__(
-            train_config, distill_config, model_S, checked_adaptor("adaptor_S", adaptor_S)
+            train_config, distill_config, model_S, _checked_adaptor("adaptor_S", adaptor_S)
         )
+        self.terms = DistillationTerms(distill_config)
         self.model_T = model_T.to(self.device)
-        self.adaptor_T = checked_adaptor("adaptor_T", adaptor_T)
+        self.adaptor_T = _checked_adaptor("adaptor_T", adaptor_T)
         if distill_config.is_caching_logits and not self._supports_caching:
             logger.warning(
                 "%s ignores is_caching_logits=True: caching works in BasicDistiller and "
@@ -90,22 +92,9 @@ class BasicDistiller(AbstractDistiller):
         """The teacher model."""
         return [self.model_T]
 
-    def train_on_batch(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
-        """Teacher forward (or its cached outputs), student forward, adaptors, ``compute_loss``."""
-        if isinstance(batch, CachedBatch):
-            return self._train_on_cached(batch, args)
-        raw_T, raw_S, cache = split_batch(batch)
-        batch_T = move_to_device(raw_T, self.device)
-        with self._engine.autocast():
-            if cache is not None:
-                outputs_T = move_to_device(cache, self.device)
-            else:
-                outputs_T = self._teacher_outputs(self.model_T, batch_T, args)
-            batch_S = batch_T if raw_S is raw_T else move_to_device(raw_S, self.device)
-            outputs_S = call_model(self.model_S, batch_S, args)
-        results_T = self._check_result(self.adaptor_T(batch_T, outputs_T), "adaptor_T")
-        results_S = self._check_result(self.adaptor_S(batch_S, outputs_S), "adaptor_S")
-        return self._loss_without_autocast(results_S, results_T)
+    def teacher_adaptors(self) -> list[Any]:
+        """The teacher's adaptor."""
+        return [self.adaptor_T]
 
     def compute_loss(
         self, results_S: AdaptorResult, results_T: AdaptorResult
@@ -116,10 +105,16 @@ class BasicDistiller(AbstractDistiller):
             ``(total, parts)`` with parts ``unweighted_kd_loss`` and
             ``unweighted_hard_label_loss`` where their inputs are present.
         """
-        return combine_parts(self._logits_and_label_parts(results_S, results_T))
+        return combine_parts(self.terms.parts(results_S, results_T))
 
     # ----------------------------------------------------------------- logits caching
-    def _build_plan(self, call: TrainCall) -> Any:
+    def _route(self, batch: Any) -> Route:
+        route = super()._route(batch)
+        if isinstance(batch, _CachedBatch):
+            route.batch, route.cached_logits = batch.batch, batch.logits_T
+        return route
+
+    def _build_plan(self, call: TrainCall) -> Plan:
         if not self.d_config.is_caching_logits or not self._supports_caching:
             return super()._build_plan(call)
         if call.num_steps is not None:
@@ -132,7 +127,7 @@ class BasicDistiller(AbstractDistiller):
             dataclasses.replace(call, batch_postprocessor=None), CachedPasses(entries), len(entries)
         )
 
-    def _cache_teacher_logits(self, call: TrainCall) -> list[CachedBatch]:
+    def _cache_teacher_logits(self, call: TrainCall) -> list[_CachedBatch]:
         logger.info("Caching the teacher's logits over the dataloader")
         previous = [teacher.training for teacher in self.teachers()]
         for teacher in self.teachers():
@@ -143,21 +138,22 @@ class BasicDistiller(AbstractDistiller):
                 if call.batch_postprocessor is not None:
                     raw = call.batch_postprocessor(raw)
                 batch = move_to_device(raw, self.device)
-                entries.append(CachedBatch(batch, self._teacher_logits(batch, call.model_args)))
+                entries.append(_CachedBatch(batch, self._teacher_logits(batch, call.model_args)))
         finally:
             for teacher, was_training in zip(self.teachers(), previous):
                 teacher.train(was_training)
         return entries
 
     def _teacher_logits(self, batch: Any, args: dict[str, Any]) -> list[list[torch.Tensor]]:
+        route = self._route(batch)
+        raw_T, _, _ = split_batch(batch)
         logits = []
-        for index, (teacher, adaptor) in enumerate(zip(self.teachers(), self._adaptors_T())):
-            raw_T, _, _ = split_batch(batch)
+        for teacher, adaptor, name in zip(route.teachers, route.adaptors_T, route.names_T):
             with self._engine.autocast():
-                outputs = self._teacher_outputs(teacher, raw_T, args)
-            result = self._check_result(adaptor(raw_T, outputs), f"adaptor_T[{index}]")
+                outputs = teacher_forward(teacher, raw_T, args)
+            result = self._check_result(adaptor(raw_T, outputs), name)
             if "logits" not in result:
-                raise ValueError("is_caching_logits=True needs adaptor_T to return 'logits'")
+                raise ValueError(f"is_caching_logits=True needs {name} to return 'logits'")
             logits.append([self._to_host(tensor) for tensor in result["logits"]])
         return logits
 
@@ -165,24 +161,3 @@ class BasicDistiller(AbstractDistiller):
         # Pinned host memory lets the per-step copy back to the GPU run without a sync.
         host = tensor.detach().cpu()
         return host.pin_memory() if self.device.type == "cuda" else host
-
-    def _adaptors_T(self) -> list[Any]:
-        return [self.adaptor_T]
-
-    def _train_on_cached(self, cached: CachedBatch, args: dict[str, Any]):
-        _, raw_S, _ = split_batch(cached.batch)
-        with self._engine.autocast():
-            outputs_S = call_model(self.model_S, raw_S, args)
-        results_S = self._check_result(self.adaptor_S(raw_S, outputs_S), "adaptor_S")
-        results_T = []
-        for logits in cached.logits_T:
-            result: AdaptorResult = {
-                "logits": [t.to(self.device, non_blocking=True) for t in logits]
-            }
-            if "logits_mask" in results_S:
-                result["logits_mask"] = results_S["logits_mask"]
-            results_T.append(result)
-        return self._loss_without_autocast(results_S, self._cached_teacher_results(results_T))
-
-    def _cached_teacher_results(self, results_T: list[AdaptorResult]) -> Any:
-        return results_T[0]

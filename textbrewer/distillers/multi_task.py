@@ -5,25 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
 from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._batches import call_model, move_to_device, split_batch
+from textbrewer.distillers._batches import Route
+from textbrewer.distillers._kd import DistillationTerms, UsesDistillationTerms
 from textbrewer.distillers._matching import MatchComputer, MatchingHooks
-from textbrewer.distillers.base import (
-    AbstractDistiller,
-    LossParts,
-    check_module,
-    checked_adaptor,
-)
-from textbrewer.training.arguments import MULTI_TASK, TrainCall
+from textbrewer.distillers.base import AbstractDistiller, _check_module, _checked_adaptor
+from textbrewer.training.arguments import MULTI_TASK, TrainCall, check_postprocessors
 from textbrewer.training.plans import StepPlan, TaskBatch, TaskSampler
 
 logger = logging.getLogger(__name__)
 
 
-class MultiTaskDistiller(MatchingHooks, AbstractDistiller):
+class MultiTaskDistiller(MatchingHooks, UsesDistillationTerms, AbstractDistiller):
     """Distils several single-task teachers into one student, sampling a task per micro-batch.
 
     Training is by steps only. Before each micro-batch one task is drawn with
@@ -76,10 +71,11 @@ class MultiTaskDistiller(MatchingHooks, AbstractDistiller):
                 raise TypeError(f"`{name}` must be a non-empty dict keyed by task name")
         _check_same_tasks({"model_T": model_T, "adaptor_T": adaptor_T, "adaptor_S": adaptor_S})
         for task in model_T:
-            check_module(f"model_T[{task!r}]", model_T[task])
-            checked_adaptor(f"adaptor_T[{task!r}]", adaptor_T[task])
-            checked_adaptor(f"adaptor_S[{task!r}]", adaptor_S[task])
+            _check_module(f"model_T[{task!r}]", model_T[task])
+            _checked_adaptor(f"adaptor_T[{task!r}]", adaptor_T[task])
+            _checked_adaptor(f"adaptor_S[{task!r}]", adaptor_S[task])
         super().__init__(train_config, distill_config, model_S, adaptor_S)
+        self.terms = DistillationTerms(distill_config)
         self.model_T = {task: teacher.to(self.device) for task, teacher in model_T.items()}
         self.adaptor_T = adaptor_T
         self.matches = MatchComputer(distill_config.intermediate_matches or [], None, self.device)
@@ -95,41 +91,28 @@ class MultiTaskDistiller(MatchingHooks, AbstractDistiller):
         """The teachers of every task."""
         return list(self.model_T.values())
 
-    def train_on_batch(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
-        """Forwards of the task's teacher and the student on a ``TaskBatch``, then the loss."""
+    def _route(self, batch: Any) -> Route:
         if not isinstance(batch, TaskBatch):
             raise TypeError(
                 "MultiTaskDistiller.train_on_batch takes a TaskBatch(task, batch), got "
                 f"{type(batch).__name__}"
             )
         task = batch.task
-        raw_T, raw_S, cache = split_batch(batch.batch)
-        batch_T = move_to_device(raw_T, self.device)
-        with self._engine.autocast():
-            if cache is not None:
-                outputs_T = move_to_device(cache, self.device)
-            else:
-                outputs_T = self._teacher_outputs(self.model_T[task], batch_T, args)
-            batch_S = batch_T if raw_S is raw_T else move_to_device(raw_S, self.device)
-            outputs_S = call_model(self.model_S, batch_S, args)
-        results_T = self._check_result(self.adaptor_T[task](batch_T, outputs_T), "adaptor_T")
-        results_S = self._check_result(self.adaptor_S[task](batch_S, outputs_S), "adaptor_S")
-        return self._loss_without_autocast(results_S, results_T)
+        return Route(
+            batch.batch,
+            [self.model_T[task]],
+            [self.adaptor_T[task]],
+            self.adaptor_S[task],
+            names_T=[f"adaptor_T[{task!r}]"],
+            name_S=f"adaptor_S[{task!r}]",
+        )
 
     def _build_plan(self, call: TrainCall) -> StepPlan:
         if not isinstance(call.data, dict) or not call.data:
             raise TypeError("`dataloaders` must be a non-empty dict: task name -> dataloader")
         _check_same_tasks({"model_T": self.model_T, "dataloaders": call.data})
         postprocessors = call.batch_postprocessor
-        if postprocessors is not None:
-            if not isinstance(postprocessors, dict):
-                raise TypeError("`batch_postprocessors` must be a dict: task name -> callable")
-            unknown = sorted(set(postprocessors) - set(self.model_T))
-            if unknown:
-                raise KeyError(
-                    f"`batch_postprocessors` has task(s) {unknown} not in model_T "
-                    f"(tasks: {sorted(self.model_T)})"
-                )
+        check_postprocessors(postprocessors, list(self.model_T))
         sampler = TaskSampler(call.data, call.tau, postprocessors)
         return self._step_plan(call, sampler)
 

@@ -13,17 +13,17 @@ import torch
 from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device, split_batch
-from textbrewer.distillers._kd import check_lengths, combine_parts
+from textbrewer.distillers._batches import AdaptorResult, Route
+from textbrewer.distillers._kd import LossParts, combine_parts
 from textbrewer.distillers._matching import MatchComputer, MatchingHooks
 from textbrewer.distillers._teachers import (
     MEAN_LOGITS,
-    MEAN_LOSSES,
     TeacherCombination,
     check_match_teachers,
+    combined_kd_parts,
 )
-from textbrewer.distillers.base import LossParts, check_module, checked_adaptor
-from textbrewer.distillers.basic import BasicDistiller, CachedBatch
+from textbrewer.distillers.base import _check_module, _checked_adaptor
+from textbrewer.distillers.basic import BasicDistiller
 
 
 class MultiTeacherDistiller(MatchingHooks, BasicDistiller):
@@ -82,7 +82,7 @@ class MultiTeacherDistiller(MatchingHooks, BasicDistiller):
         if isinstance(model_T, nn.Module) or not isinstance(model_T, (list, tuple)) or not model_T:
             raise TypeError("`model_T` must be a non-empty list of teacher nn.Modules")
         for index, teacher in enumerate(model_T):
-            check_module(f"model_T[{index}]", teacher)
+            _check_module(f"model_T[{index}]", teacher)
         adaptors = list(adaptor_T) if isinstance(adaptor_T, (list, tuple)) else None
         if adaptors is not None and len(adaptors) != len(model_T):
             raise ValueError(
@@ -90,7 +90,7 @@ class MultiTeacherDistiller(MatchingHooks, BasicDistiller):
                 "one adaptor for all or one per teacher"
             )
         for index, adaptor in enumerate(adaptors or [adaptor_T]):
-            checked_adaptor(f"adaptor_T[{index}]" if adaptors else "adaptor_T", adaptor)
+            _checked_adaptor(f"adaptor_T[{index}]" if adaptors else "adaptor_T", adaptor)
         self.combination = TeacherCombination(combine_teachers, teacher_weights, len(model_T))
         # Matches need every teacher's features at every step, which a logits cache drops.
         self._supports_caching = not (distill_config.intermediate_matches or custom_matches)
@@ -116,63 +116,21 @@ class MultiTeacherDistiller(MatchingHooks, BasicDistiller):
         """The teacher models."""
         return list(self.model_T)
 
-    def _adaptors_T(self) -> list[Any]:
+    def teacher_adaptors(self) -> list[Any]:
+        """One adaptor per teacher."""
         return self._teacher_adaptors
 
-    def train_on_batch(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
-        """Every teacher's forward, the student's forward, the adaptors, ``compute_loss``."""
-        if isinstance(batch, CachedBatch):
-            return self._train_on_cached(batch, args)
-        raw_T, raw_S, cache = split_batch(batch)
-        batch_T = move_to_device(raw_T, self.device)
-        with self._engine.autocast():
-            if cache is not None:
-                outputs_T = self._cached_outputs(cache)
-            else:
-                outputs_T = [self._teacher_outputs(model, batch_T, args) for model in self.model_T]
-            batch_S = batch_T if raw_S is raw_T else move_to_device(raw_S, self.device)
-            outputs_S = call_model(self.model_S, batch_S, args)
-        results_T = [
-            self._check_result(adaptor(batch_T, outputs), f"adaptor_T[{index}]")
-            for index, (adaptor, outputs) in enumerate(zip(self._teacher_adaptors, outputs_T))
-        ]
-        results_S = self._check_result(self.adaptor_S(batch_S, outputs_S), "adaptor_S")
-        return self._loss_without_autocast(results_S, results_T)
-
-    def _cached_outputs(self, cache: Any) -> list[Any]:
-        if not isinstance(cache, (list, tuple)) or len(cache) != len(self.model_T):
-            raise ValueError(
-                f"MultiTeacherDistiller: batch['teacher_cache'] must be a list with one output per "
-                f"teacher ({len(self.model_T)}), got {type(cache).__name__}"
-            )
-        return list(move_to_device(list(cache), self.device))
+    def _route(self, batch: Any) -> Route:
+        route = super()._route(batch)
+        route.several = True
+        route.names_T = [f"adaptor_T[{index}]" for index in range(len(self.model_T))]
+        return route
 
     def compute_loss(
         self, results_S: AdaptorResult, results_T: list[AdaptorResult]
     ) -> tuple[torch.Tensor, LossParts]:
         """KD against the combined teachers, the hard-label term, then every match."""
         results_T = list(results_T)
-        if self.combination.mode == MEAN_LOSSES:
-            kd = self.combination.mean_of_losses(lambda one: self._kd_of(results_S, one), results_T)
-            parts = [] if kd is None else [("unweighted_kd_loss", kd, self.kd_loss_weight)]
-            parts.extend(self._logits_and_label_parts(results_S, {}))
-        else:
-            averaged = self.combination.averaged_logits(results_T)
-            parts = self._logits_and_label_parts(results_S, averaged)
+        parts = combined_kd_parts(self.terms, self.combination, results_S, results_T)
         parts.extend(self.matches(results_S, results_T))
         return combine_parts(parts)
-
-    def _kd_of(self, results_S: AdaptorResult, result_T: AdaptorResult) -> torch.Tensor:
-        if "logits" not in results_S:
-            return None
-        check_lengths(results_S, result_T)
-        return self._kd(
-            results_S["logits"],
-            result_T["logits"],
-            results_S.get("logits_mask"),
-            result_T.get("logits_mask"),
-            results_S.get("labels"),
-        )
-
-    def _cached_teacher_results(self, results_T: list[AdaptorResult]) -> Any:
-        return results_T

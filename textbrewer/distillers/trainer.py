@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from textbrewer.configurations import TrainingConfig
-from textbrewer.distillers._batches import AdaptorResult, call_model, move_to_device
-from textbrewer.distillers._kd import sum_of_means
-from textbrewer.distillers.base import AbstractDistiller, LossParts, checked_adaptor
+from textbrewer.distillers._batches import AdaptorResult, Route
+from textbrewer.distillers._kd import LossParts, sum_of_means
+from textbrewer.distillers.base import AbstractDistiller, _checked_adaptor
 
 
 class BasicTrainer(AbstractDistiller):
@@ -45,7 +45,7 @@ class BasicTrainer(AbstractDistiller):
     """
 
     def __init__(self, train_config: TrainingConfig, model: nn.Module, adaptor: Any) -> None:
-        super().__init__(train_config, None, model, checked_adaptor("adaptor", adaptor))
+        super().__init__(train_config, None, model, _checked_adaptor("adaptor", adaptor))
 
     @property
     def model(self) -> nn.Module:
@@ -57,13 +57,8 @@ class BasicTrainer(AbstractDistiller):
         """The model's adaptor."""
         return self.adaptor_S
 
-    def train_on_batch(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
-        """Forward of the model on ``batch``, then ``compute_loss`` on the adaptor's result."""
-        batch = move_to_device(batch, self.device)
-        with self._engine.autocast():
-            outputs = call_model(self.model_S, batch, args)
-        results = self._check_result(self.adaptor_S(batch, outputs), "adaptor")
-        return self._loss_without_autocast(results, None)
+    def _route(self, batch: Any) -> Route:
+        return Route(batch, [], [], self.adaptor_S, names_T=[], name_S="adaptor")
 
     def compute_loss(
         self, results_S: AdaptorResult, results_T: Any

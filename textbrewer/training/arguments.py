@@ -30,8 +30,14 @@ class CallStyle:
     options: tuple[str, ...]
 
 
-SINGLE_SOURCE = CallStyle(
-    data_name="dataloader",
+def _call_style(data_name: str, documented: tuple[str, ...], legacy: tuple[str, ...]) -> CallStyle:
+    # Every name either order can take by position is also a keyword, and so is resume_from.
+    options = tuple(dict.fromkeys((*documented, *legacy, "resume_from")))
+    return CallStyle(data_name, documented, legacy, options)
+
+
+SINGLE_SOURCE = _call_style(
+    "dataloader",
     documented=(
         "scheduler",
         "dataloader",
@@ -51,22 +57,10 @@ SINGLE_SOURCE = CallStyle(
         "callback",
         "batch_postprocessor",
     ),
-    options=(
-        "scheduler",
-        "dataloader",
-        "num_epochs",
-        "num_steps",
-        "callback",
-        "batch_postprocessor",
-        "scheduler_class",
-        "scheduler_args",
-        "max_grad_norm",
-        "resume_from",
-    ),
 )
 
-MULTI_TASK = CallStyle(
-    data_name="dataloaders",
+MULTI_TASK = _call_style(
+    "dataloaders",
     documented=("scheduler", "dataloaders", "num_steps", "tau", "callback", "batch_postprocessors"),
     legacy=(
         "dataloaders",
@@ -78,18 +72,6 @@ MULTI_TASK = CallStyle(
         "tau",
         "callback",
         "batch_postprocessors",
-    ),
-    options=(
-        "scheduler",
-        "dataloaders",
-        "num_steps",
-        "tau",
-        "callback",
-        "batch_postprocessors",
-        "scheduler_class",
-        "scheduler_args",
-        "max_grad_norm",
-        "resume_from",
     ),
 )
 
@@ -198,3 +180,38 @@ def _check_optional_int(name: str, value: Any) -> None:
         raise TypeError(f"`{name}`={value!r} must be an int")
     if value < 1:
         raise ValueError(f"`{name}`={value!r} must be >= 1")
+
+
+def check_postprocessors(value: Any, tasks: list[str] | None = None) -> None:
+    """Checks ``batch_postprocessor`` (one callable), or MultiTask's ``batch_postprocessors``.
+
+    Args:
+        value: what the call passed (``None`` means none).
+        tasks: the task names of a multi-task distiller, whose ``batch_postprocessors`` is a dict
+            task name -> callable; ``None`` for the single-source distillers.
+
+    Raises:
+        TypeError: not callable, or not a dict of callables.
+        KeyError: a task name the distiller does not have.
+    """
+    if value is None:
+        return
+    if tasks is None:
+        if not callable(value):
+            raise TypeError(f"`batch_postprocessor`={value!r} must be callable(batch) -> batch")
+        return
+    if not isinstance(value, dict):
+        raise TypeError(
+            f"`batch_postprocessors`={value!r} must be a dict: task name -> callable(batch)"
+        )
+    unknown = sorted(set(value) - set(tasks))
+    if unknown:
+        raise KeyError(
+            f"`batch_postprocessors` has task(s) {unknown} not in model_T (tasks: {sorted(tasks)})"
+        )
+    for task, postprocessor in value.items():
+        if postprocessor is not None and not callable(postprocessor):
+            raise TypeError(
+                f"`batch_postprocessors[{task!r}]`={postprocessor!r} must be callable(batch) -> "
+                "batch"
+            )

@@ -84,6 +84,7 @@ class Engine:
                 self.device.type,
             )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.accumulation = config.gradient_accumulation_steps
 
     @property
     def is_main(self) -> bool:
@@ -116,8 +117,8 @@ class Engine:
             yield
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Back-propagates ``loss``, scaled when fp16 loss scaling is on."""
-        self.scaler.scale(loss).backward()
+        """Back-propagates ``loss / gradient_accumulation_steps``, scaled under fp16."""
+        self.scaler.scale(loss / self.accumulation).backward()
 
     def step(
         self,

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
 from textbrewer.training.checkpoint import capture_rng_state, restore_rng_state
 
-Postprocessor = Optional[Callable[[Any], Any]]
+_Postprocessor = Optional[Callable[[Any], Any]]
 
 
 @dataclasses.dataclass
@@ -29,6 +29,36 @@ class MicroBatch:
     epoch: int
     starts_epoch: bool
     ends_step: bool
+
+
+class Plan(Protocol):
+    """What the loop asks of a plan (``EpochPlan``, ``StepPlan``).
+
+    Attributes:
+        total_steps: optimizer steps the run is planned for (the weight schedules' denominator).
+        num_epochs: passes over the data in epoch mode, ``None`` in step mode.
+    """
+
+    total_steps: float
+    num_epochs: float | None
+
+    def micro_batches(self) -> Iterator[MicroBatch]:
+        """Yields the remaining micro-batches, lazily."""
+
+    def is_checkpoint(self, global_step: int) -> bool:
+        """Whether the optimizer step just taken is a checkpoint."""
+
+    def is_done(self, global_step: int) -> bool:
+        """Whether training stops after the optimizer step just taken."""
+
+    def describe(self) -> dict[str, Any]:
+        """What must match for a resume to be valid."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's position in the data."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Positions the plan where ``state_dict`` was taken."""
 
 
 @dataclasses.dataclass
@@ -191,7 +221,7 @@ class EpochPlan:
         gradient_accumulation_steps: int,
         ckpt_frequency: int,
         ckpt_epoch_frequency: int,
-        postprocess: Postprocessor = None,
+        postprocess: _Postprocessor = None,
     ) -> None:
         self.source = source
         self.num_epochs = num_epochs
@@ -265,6 +295,7 @@ class StepPlan:
     """
 
     mode = "step"
+    num_epochs = None
 
     def __init__(
         self,
@@ -313,7 +344,7 @@ class StepPlan:
 class CycledLoader:
     """One data source cycled for step mode, with its post-processor."""
 
-    def __init__(self, data: Any, postprocess: Postprocessor = None) -> None:
+    def __init__(self, data: Any, postprocess: _Postprocessor = None) -> None:
         self.passes = LoaderPasses(data)
         self.postprocess = postprocess
 
@@ -347,7 +378,7 @@ class TaskSampler:
         self,
         dataloaders: dict[str, Any],
         tau: float,
-        postprocessors: dict[str, Postprocessor] | None,
+        postprocessors: dict[str, _Postprocessor] | None,
     ) -> None:
         self.names = list(dataloaders)
         self.passes = {

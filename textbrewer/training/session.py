@@ -1,33 +1,179 @@
-"""Session helpers of the loop: optimizer preparation, logging, and the resumable state."""
+"""One ``train()`` call's session: its arguments, plan, scheduler, counters, log and saved state.
+
+The loop reads and advances a ``Session``; checkpoints save it and ``resume_from`` restores it.
+Everything that must survive a restart is one entry of ``Session.stateful`` (name -> object with
+``state_dict``/``load_state_dict``), saved and loaded by the same two functions, so adding a
+resumable part is one line and a file that lacks a part (or has one this run does not) is an
+error rather than a silent skip. What differs per rank (the data position and the RNG states) is
+gathered from every rank and restored on each.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
 from textbrewer.configurations import TrainingConfig
 from textbrewer.training import checkpoint as ckpt
 from textbrewer.training.arguments import TrainCall
-from textbrewer.training.engine import Engine, unwrap
+from textbrewer.training.engine import Engine
 from textbrewer.training.loss_log import LossLog
+from textbrewer.training.plans import Plan
 
 logger = logging.getLogger(__name__)
+
+_STATE_FORMAT = 2
+
+
+class Stateful(Protocol):
+    """Anything saved in the training state: a module, an optimizer, a scheduler, a counter."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state to save."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what ``state_dict`` returned."""
 
 
 @dataclasses.dataclass
 class Progress:
-    """Counters of one ``train()`` call: optimizer steps and micro-batches (for log indices)."""
+    """Counters of one ``train()`` call: optimizer steps, and micro-batches (for log indices)."""
 
     global_step: int = 0
     micro_index: int = 0
 
+    def state_dict(self) -> dict[str, int]:
+        """The two counters."""
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restores the two counters."""
+        self.global_step, self.micro_index = state["global_step"], state["micro_index"]
+
+
+class Session:
+    """The state of one ``train()`` call, owned by the loop.
+
+    Args:
+        call: the parsed ``train()`` arguments.
+        plan: where micro-batches come from and which steps are checkpoints.
+        scheduler: the LR scheduler to step, or ``None``.
+        engine: device, precision and distribution.
+
+    Attributes:
+        progress: the step and micro-batch counters.
+        log: the loss log (opened by ``open_log``).
+        stateful: name -> part saved in the training state and restored on resume.
+    """
+
+    def __init__(self, call: TrainCall, plan: Plan, scheduler: Any, engine: Engine) -> None:
+        self.call = call
+        self.plan = plan
+        self.scheduler = scheduler
+        self.engine = engine
+        self.progress = Progress()
+        self.log = LossLog()
+        self.stateful: dict[str, Stateful] = {
+            "progress": self.progress,
+            "optimizer": call.optimizer,
+            "scaler": engine.scaler,
+        }
+        if scheduler is not None:
+            self.stateful["scheduler"] = scheduler
+
+    @property
+    def optimizer(self) -> Any:
+        """The optimizer being stepped."""
+        return self.call.optimizer
+
+    def open_log(self, config: TrainingConfig) -> None:
+        """Tensorboard and a progress bar on rank 0, nothing elsewhere."""
+        if not self.engine.is_main:
+            return
+        writer = None
+        if config.log_dir is not None:
+            from tensorboardX import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(config.log_dir))
+        bar = tqdm(
+            total=self.plan.total_steps,
+            initial=self.progress.global_step,
+            desc="Training",
+            unit="step",
+            disable=not config.progress_bar,
+        )
+        self.log = LossLog(writer, bar)
+
+    def close(self) -> None:
+        """Closes the log (writer and progress bar)."""
+        self.log.close()
+
+    def save(self, path: Path) -> None:
+        """Writes every stateful part, the plan and each rank's position and RNG (rank 0 writes)."""
+        per_rank = self.engine.gather_objects(
+            {"position": self.plan.state_dict(), "rng": ckpt.capture_rng_state()}
+        )
+        if not self.engine.is_main:
+            return
+        state = {
+            "format": _STATE_FORMAT,
+            "plan": self.plan.describe(),
+            "parts": {name: part.state_dict() for name, part in self.stateful.items()},
+            "ranks": per_rank,
+        }
+        ckpt.atomic_save(state, path)
+
+    def resume(self, resume_from: Any) -> None:
+        """Restores a saved training state into every stateful part, the plan and the RNG."""
+        path = ckpt.find_state_file(resume_from)
+        state = _upgraded(ckpt.load_state_file(path), set(self.stateful))
+        if state.get("plan") != self.plan.describe():
+            raise ValueError(
+                f"cannot resume from {str(path)!r}: it was saved by a run with "
+                f"{state.get('plan')}, this call trains with {self.plan.describe()}"
+            )
+        saved, expected = set(state["parts"]), set(self.stateful)
+        if saved != expected:
+            raise ValueError(
+                f"cannot resume from {str(path)!r}: it holds the parts {sorted(saved)}, this run "
+                f"has {sorted(expected)} (missing: {sorted(expected - saved)}, unknown: "
+                f"{sorted(saved - expected)}); resume with the same distiller, optimizer and "
+                "scheduler settings"
+            )
+        for name, part in self.stateful.items():
+            part.load_state_dict(state["parts"][name])
+        mine = state["ranks"][min(self.engine.rank, len(state["ranks"]) - 1)]
+        self.plan.load_state_dict(mine["position"])
+        ckpt.restore_rng_state(mine["rng"])  # after repositioning the data, which draws too
+        logger.info("Resumed from %s at global step %d", path, self.progress.global_step)
+
+
+def _upgraded(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
+    """Reads a state file of format 1 (textbrewer 0.3.0) as format 2."""
+    if state.get("format") != 1:
+        return state
+    extra = dict(state["extra"])
+    parts = {
+        "progress": {"global_step": state["global_step"], "micro_index": state["micro_index"]},
+        "student": state["student"],
+        "optimizer": state["optimizer"],
+        "scaler": state["scaler"],
+        "extra_modules": {"modules": extra.pop("modules", [])},
+        "extra": extra,
+    }
+    if "distillation_terms" in expected:  # format 1 saved weights for BasicTrainer too
+        parts["distillation_terms"] = state["weights"]
+    if state["scheduler"] is not None:
+        parts["scheduler"] = state["scheduler"]
+    return {"plan": state["plan"], "parts": parts, "ranks": state["ranks"]}
+
 
 def prepare_optimizer(call: TrainCall, extra_groups: list[dict[str, Any]]) -> Any:
-    """Adds the projection param groups, then builds the scheduler from ``scheduler_class``.
+    """Adds the extra param groups (projections), then builds the scheduler from its class.
 
     Groups whose parameters are already in the optimizer (a second ``train()`` call) are not
     added again. Returns the LR scheduler to step, or ``None``.
@@ -52,79 +198,3 @@ def prepare_optimizer(call: TrainCall, extra_groups: list[dict[str, Any]]) -> An
     if call.scheduler is not None:
         logger.warning("both `scheduler` and `scheduler_class` given: scheduler_class is used")
     return call.scheduler_class(optimizer=call.optimizer, **(call.scheduler_args or {}))
-
-
-def open_log(engine: Engine, config: TrainingConfig, total_steps: int, initial: int) -> LossLog:
-    """The loss log: tensorboard and a progress bar on rank 0, nothing elsewhere."""
-    if not engine.is_main:
-        return LossLog()
-    writer = None
-    if config.log_dir is not None:
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(config.log_dir))
-    bar = tqdm(
-        total=total_steps,
-        initial=initial,
-        desc="Training",
-        unit="step",
-        disable=not config.progress_bar,
-    )
-    return LossLog(writer, bar)
-
-
-def save_training_state(
-    distiller: Any, call: TrainCall, plan: Any, scheduler: Any, progress: Progress, path: Path
-) -> None:
-    """Writes everything a resumed run needs to continue bit for bit (rank 0 writes)."""
-    engine = distiller._engine
-    per_rank = engine.gather_objects(
-        {"position": plan.state_dict(), "rng": ckpt.capture_rng_state()}
-    )
-    if not engine.is_main:
-        return
-    state = {
-        "format": 1,
-        "plan": plan.describe(),
-        "global_step": progress.global_step,
-        "micro_index": progress.micro_index,
-        "student": unwrap(distiller.model_S).state_dict(),
-        "optimizer": call.optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": engine.scaler.state_dict(),
-        "weights": {
-            "kd_loss_weight": distiller.kd_loss_weight,
-            "hard_label_weight": distiller.hard_label_weight,
-        },
-        "extra": distiller.extra_state(),
-        "ranks": per_rank,
-    }
-    ckpt.atomic_save(state, path)
-
-
-def resume_training(
-    distiller: Any, call: TrainCall, plan: Any, scheduler: Any, progress: Progress
-) -> None:
-    """Restores a saved training state into the distiller, optimizer, scheduler and plan."""
-    path = ckpt.find_state_file(call.resume_from)
-    state = ckpt.load_state_file(path)
-    if state.get("plan") != plan.describe():
-        raise ValueError(
-            f"cannot resume from {str(path)!r}: it was saved by a run with {state.get('plan')}, "
-            f"this call trains with {plan.describe()}"
-        )
-    engine = distiller._engine
-    unwrap(distiller.model_S).load_state_dict(state["student"])
-    call.optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if state["scaler"]:
-        engine.scaler.load_state_dict(state["scaler"])
-    distiller.load_extra_state(state["extra"])
-    distiller.kd_loss_weight = state["weights"]["kd_loss_weight"]
-    distiller.hard_label_weight = state["weights"]["hard_label_weight"]
-    progress.global_step, progress.micro_index = state["global_step"], state["micro_index"]
-    mine = state["ranks"][min(engine.rank, len(state["ranks"]) - 1)]
-    plan.load_state_dict(mine["position"])
-    ckpt.restore_rng_state(mine["rng"])  # after repositioning the data, which draws too
-    logger.info("Resumed from %s at global step %d", path, progress.global_step)
