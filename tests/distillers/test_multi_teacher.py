@@ -28,6 +28,7 @@ from tests.distillers.test_parity import (
     plain_kd_ce,
 )
 from tests.distillers.test_resume import shuffled_loader
+from textbrewer.training.plans import TaskBatch
 
 
 def plain_cos(S, T, mask):
@@ -529,3 +530,83 @@ def test_two_gloo_processes_train_a_multi_teacher_run_like_one_with_double_batch
         for key, value in distiller.projs.state_dict().items():
             torch.testing.assert_close(saved["proj"][key], value, rtol=0, atol=1e-6)
         assert saved["seen"] == [("DistributedDataParallel", 2), ("DistributedDataParallel", 4)]
+
+
+# ---------------------------------------------------------------- multi-task specifics
+
+
+def two_task_distiller(tmp_path, matches=None, **options):
+    teacher_a0, student = make_models(seed=4, teacher_dim=8, student_dim=6)
+    teacher_a1, _ = make_models(seed=5, teacher_dim=8)
+    teacher_b, _ = make_models(seed=6, teacher_dim=8)
+    distiller = textbrewer.MultiTaskDistiller(
+        training_config(tmp_path, ckpt_steps=2),
+        textbrewer.DistillationConfig(intermediate_matches=matches),
+        {"a": [teacher_a0, teacher_a1], "b": teacher_b},
+        student,
+        {"a": simple_adaptor, "b": simple_adaptor},
+        {"a": simple_adaptor, "b": simple_adaptor},
+        **options,
+    )
+    return distiller, [teacher_a0, teacher_a1]
+
+
+def test_a_multi_task_match_must_name_a_teacher_when_a_task_has_several(tmp_path):
+    entry = {k: v for k, v in match().items() if k != "teacher"}
+    with pytest.raises(ValueError, match=r"task 'a' has 2 teachers: add 'teacher': <index into "):
+        two_task_distiller(tmp_path, [entry])
+    with pytest.raises(ValueError, match=r"task 'b' has one teacher"):
+        two_task_distiller(tmp_path, [match(teacher=1)])
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"teacher_weights": {"c": [1]}}, KeyError, r"task\(s\) \['c'\] not in model_T"),
+        ({"teacher_weights": [1, 2]}, TypeError, "must be a dict: task name"),
+        ({"teacher_weights": {"a": [1]}}, ValueError, r"`teacher_weights\['a'\]`"),
+        ({"combine_teachers": "max"}, ValueError, "known: 'mean_logits', 'mean_losses'"),
+    ],
+)
+def test_bad_multi_task_teacher_options_are_refused(tmp_path, options, error, message):
+    with pytest.raises(error, match=message):
+        two_task_distiller(tmp_path, **options)
+
+
+def test_a_task_with_a_list_of_adaptors_needs_one_per_teacher(tmp_path):
+    teacher, student = make_models()
+    with pytest.raises(ValueError, match=r"`adaptor_T\['a'\]` has 3 adaptors for 2 teacher"):
+        textbrewer.MultiTaskDistiller(
+            training_config(tmp_path, ckpt_steps=2),
+            textbrewer.DistillationConfig(),
+            {"a": [teacher, teacher]},
+            student,
+            {"a": [simple_adaptor] * 3},
+            {"a": simple_adaptor},
+        )
+
+
+def test_a_multi_teacher_task_uses_a_teacher_cache_list_like_its_teachers(tmp_path):
+    distiller, teachers = two_task_distiller(
+        tmp_path, teacher_weights={"a": [1, 2]}, combine_teachers="mean_losses"
+    )
+    batch = make_batches(1)[0]
+    with torch.no_grad():
+        cache = [teacher(*batch) for teacher in teachers]
+    with distiller:
+        run, run_parts = distiller.train_on_batch(TaskBatch("a", batch), {})
+        cached, cached_parts = distiller.train_on_batch(
+            TaskBatch("a", {"teacher": batch, "student": batch, "teacher_cache": cache}), {}
+        )
+    assert torch.equal(run, cached)
+    assert (
+        run_parts.keys()
+        == cached_parts.keys()
+        == {
+            "unweighted_kd_loss",
+            "unweighted_hard_label_loss",
+        }
+    )
+    results_S = simple_adaptor(batch, distiller.model_S(*batch))
+    with pytest.raises(KeyError, match=r"`task`=None: a list of teacher results"):
+        distiller.compute_loss(results_S, [simple_adaptor(batch, c) for c in cache])

@@ -186,6 +186,7 @@ def check_match_teachers(
     custom_matches: Sequence[Any],
     teachers: Sequence[nn.Module],
     owner: str,
+    models_field: str = "model_T",
 ) -> None:
     """Checks the ``teacher`` index of every match against the distiller's teachers.
 
@@ -197,37 +198,39 @@ def check_match_teachers(
         custom_matches: the ``CustomMatch`` list.
         teachers: the teachers the matches read from.
         owner: the distiller (and task) for messages, e.g. ``"MultiTeacherDistiller"``.
+        models_field: how messages name the list of teachers (``"model_T['nli']"`` for a task).
     """
     named = [(f"intermediate_matches[{i}]", m.teacher) for i, m in enumerate(matches)]
     named += [(f"custom_matches[{i}]", m.teacher) for i, m in enumerate(custom_matches)]
     for field, teacher in named:
-        _check_one_teacher(field, teacher, len(teachers), owner)
+        _check_one_teacher(field, teacher, len(teachers), owner, models_field)
     if len(teachers) > 1:
         for index, custom in enumerate(custom_matches):
             module_T = custom.module_T
             if not any(module is module_T for module in teachers[custom.teacher].modules()):
                 raise ValueError(
                     f"`custom_matches[{index}].module_T` is not a submodule of "
-                    f"model_T[{custom.teacher}], the teacher its `teacher`={custom.teacher} "
+                    f"{models_field}[{custom.teacher}], the teacher its `teacher`={custom.teacher} "
                     "names; name the teacher that module belongs to"
                 )
 
 
-def _check_one_teacher(field: str, teacher: Any, count: int, owner: str) -> None:
+def _check_one_teacher(field: str, teacher: Any, count: int, owner: str, models: str) -> None:
     if count == 1:
         if teacher not in (None, 0):
             raise ValueError(
                 f"`{field}.teacher`={teacher!r}, but {owner} has one teacher: leave `teacher` "
-                "out (or give 0), or distil several teachers with MultiTeacherDistiller"
+                "out (or give 0); several teachers go in a list (MultiTeacherDistiller's "
+                "`model_T`, or a task's entry of MultiTaskDistiller's `model_T`)"
             )
         return
     if teacher is None:
         raise ValueError(
             f"`{field}` does not say which teacher it reads from, and {owner} has {count} "
-            f"teachers: add 'teacher': <index into model_T, 0 to {count - 1}> to the match"
+            f"teachers: add 'teacher': <index into {models}, 0 to {count - 1}> to the match"
         )
     if isinstance(teacher, bool) or not isinstance(teacher, int) or not 0 <= teacher < count:
         raise ValueError(
             f"`{field}.teacher`={teacher!r} is not a teacher of {owner}: it has {count} "
-            f"teachers, indices 0 to {count - 1}"
+            f"teachers, indices 0 to {count - 1} of {models}"
         )
