@@ -610,3 +610,58 @@ def test_a_multi_teacher_task_uses_a_teacher_cache_list_like_its_teachers(tmp_pa
     results_S = simple_adaptor(batch, distiller.model_S(*batch))
     with pytest.raises(KeyError, match=r"`task`=None: a list of teacher results"):
         distiller.compute_loss(results_S, [simple_adaptor(batch, c) for c in cache])
+
+
+def test_caching_is_ignored_with_a_warning_when_there_are_matches(tmp_path, caplog):
+    teachers, student = two_teachers_of_different_widths()
+    config = textbrewer.DistillationConfig(
+        is_caching_logits=True, intermediate_matches=TWO_TEACHER_MATCHES
+    )
+    with caplog.at_level("WARNING", logger="textbrewer"):
+        distiller = multi_teacher(tmp_path, teachers, student, config)
+    assert "ignores is_caching_logits=True when there are intermediate" in caplog.text
+    distiller.projs.double()
+    distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(2), 1)
+    assert checkpoint_steps(tmp_path / "out") == [2]
+
+
+def test_a_custom_match_reads_the_module_and_inputs_mask_of_the_teacher_it_names(tmp_path):
+    teachers, student = two_teachers_of_different_widths()
+    seen = []
+
+    def loss(out_S, out_T, mask_S, mask_T):
+        seen.append((out_T.shape[-1], mask_T))
+        return (out_S.mean() - out_T.mean()) ** 2
+
+    def adaptor_1(batch, outputs):  # teacher 1's own inputs_mask, to tell the two apart
+        return {**simple_adaptor(batch, outputs), "inputs_mask": batch[1] * 0}
+
+    custom = {
+        "module_T": teachers[1].layers[0],
+        "module_S": student.layers[0],
+        "loss": loss,
+        "weight": 2,
+        "teacher": 1,
+    }
+    distiller = textbrewer.MultiTeacherDistiller(
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(),
+        teachers,
+        student,
+        [simple_adaptor, adaptor_1],
+        simple_adaptor,
+        custom_matches=[custom],
+    )
+    batch = make_batches(1)[0]
+    with distiller:
+        total, parts = distiller.train_on_batch(batch, {})
+    ((width, mask_T),) = seen
+    assert width == 10  # teacher 1's layer, not teacher 0's (width 8)
+    assert torch.equal(mask_T, batch[1] * 0)
+    assert list(parts) == [
+        "unweighted_kd_loss",
+        "unweighted_hard_label_loss",
+        "unweighted_custom_match_0",
+    ]
+    expected = parts["unweighted_kd_loss"] + 2 * parts["unweighted_custom_match_0"]
+    torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)

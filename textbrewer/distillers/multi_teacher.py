@@ -6,6 +6,7 @@ intermediate and custom matches name the teacher they read from.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,8 @@ from textbrewer.distillers._teachers import (
 )
 from textbrewer.distillers.base import _check_module, _checked_adaptor
 from textbrewer.distillers.basic import BasicDistiller
+
+logger = logging.getLogger(__name__)
 
 
 class MultiTeacherDistiller(MatchingHooks, BasicDistiller):
@@ -92,8 +95,6 @@ class MultiTeacherDistiller(MatchingHooks, BasicDistiller):
         for index, adaptor in enumerate(adaptors or [adaptor_T]):
             _checked_adaptor(f"adaptor_T[{index}]" if adaptors else "adaptor_T", adaptor)
         self.combination = TeacherCombination(combine_teachers, teacher_weights, len(model_T))
-        # Matches need every teacher's features at every step, which a logits cache drops.
-        self._supports_caching = not (distill_config.intermediate_matches or custom_matches)
         super().__init__(
             train_config,
             distill_config,
@@ -111,6 +112,14 @@ class MultiTeacherDistiller(MatchingHooks, BasicDistiller):
         check_match_teachers(
             self.matches.matches, self.matches.custom, self.model_T, "MultiTeacherDistiller"
         )
+        if self.matches.matches or self.matches.custom:
+            # Matches need every teacher's features at every step, which a logits cache drops.
+            self._supports_caching = False
+            if distill_config.is_caching_logits:
+                logger.warning(
+                    "MultiTeacherDistiller ignores is_caching_logits=True when there are "
+                    "intermediate or custom matches: they need the teachers' features every step"
+                )
 
     def teachers(self) -> list[nn.Module]:
         """The teacher models."""
