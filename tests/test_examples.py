@@ -37,6 +37,7 @@ def test_every_example_has_a_test():
         "quickstart",
         "distill_minilm",
         "multi_teacher_multi_task",
+        "multi_teacher_features",
         "custom_loss_and_scheduler",
         "subclass_distiller",
         "legacy_and_documented_calls",
@@ -74,6 +75,16 @@ def test_multi_teacher_and_multi_task_students_beat_chance(tmp_path):
     assert results["multi_teacher"]["student_accuracy"] > 0.35  # 4 classes
     assert results["multi_task"]["topic_student_accuracy"] > 0.4  # 4 classes
     assert results["multi_task"]["sentiment_student_accuracy"] > 0.7  # 2 classes
+
+
+def test_two_teachers_of_different_widths_teach_features_through_projections(tmp_path):
+    results = run_example("multi_teacher_features", tmp_path)
+    assert results["projection_shapes"] == [(64, 24), (96, 24)]
+    for before, after in zip(results["feature_losses_before"], results["feature_losses_after"]):
+        assert after < before / 2
+    assert results["student_accuracy"] > 0.6  # 4 classes, chance 0.25
+    assert all(results["student_params"] * 4 < n for n in results["teacher_params"])
+    assert results["checkpoints"] == [f"gs{19 * epoch}.pkl" for epoch in range(1, 6)]
 
 
 def test_custom_loss_and_scheduler_are_used_by_name_and_logged(tmp_path):

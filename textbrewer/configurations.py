@@ -217,7 +217,8 @@ class DistillationConfig(_Config):
         probability_shift: swap the teacher's top logit with the true label's before KD (needs
             the student adaptor's ``labels``).
         intermediate_matches: list of dicts with keys ``layer_T``, ``layer_S``, ``feature``,
-            ``loss``, ``weight`` and optionally ``proj`` (see ``IntermediateMatch``). Stored as
+            ``loss``, ``weight`` and optionally ``proj`` and ``teacher`` (the index of the
+            teacher a multi-teacher match reads from; see ``IntermediateMatch``). Stored as
             ``IntermediateMatch`` objects.
         is_caching_logits: run the teacher once over the data before training and reuse its
             logits every epoch (BasicDistiller and MultiTeacherDistiller, epoch mode).
