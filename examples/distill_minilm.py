@@ -47,6 +47,7 @@ import argparse
 import ast
 import copy
 import importlib.resources
+import logging
 import math
 import os
 import random
@@ -58,6 +59,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import textbrewer
 
@@ -367,4 +369,8 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # The library reports epochs and checkpoints at INFO level through `logging` (the "textbrewer"
+    # logger), which Python hides until it is configured; log lines go above the progress bar.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with logging_redirect_tqdm():
+        main()

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import textbrewer
 
@@ -195,4 +197,8 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # The library reports epochs and checkpoints at INFO level through `logging` (the "textbrewer"
+    # logger), which Python hides until it is configured; log lines go above the progress bar.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with logging_redirect_tqdm():
+        main()

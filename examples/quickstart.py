@@ -25,6 +25,7 @@ teacher 0.580, student 0.533.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import tempfile
 import time
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import textbrewer
 from textbrewer.utils import display_parameters, tqdm_print
@@ -277,4 +279,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # The library reports epochs and checkpoints at INFO level through `logging` (the "textbrewer"
+    # logger), which Python hides until it is configured; log lines go above the progress bar.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with logging_redirect_tqdm():
+        main()

@@ -21,6 +21,7 @@ last value, e.g. ``top1_agreement`` 0.41 -> 0.81 and ``unweighted_hidden_cos_0_0
 from __future__ import annotations
 
 import argparse
+import logging
 import struct
 import tempfile
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import textbrewer
 
@@ -158,4 +160,8 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # The library reports epochs and checkpoints at INFO level through `logging` (the "textbrewer"
+    # logger), which Python hides until it is configured; log lines go above the progress bar.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with logging_redirect_tqdm():
+        main()

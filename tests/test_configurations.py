@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import inspect
 import json
+import os
 import pathlib
 import re
 
@@ -11,8 +12,15 @@ import pytest
 import torch
 
 from tests.conftest import make_batches, make_models, simple_adaptor
-from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig, presets
+from textbrewer import (
+    BasicDistiller,
+    DistillationConfig,
+    GeneralDistiller,
+    TrainingConfig,
+    presets,
+)
 from textbrewer.matches import IntermediateMatch
+from textbrewer.training.engine import resolve_device
 
 # SPEC §2 signatures, in signature order, then the §10 fields the class documents.
 TRAINING_DEFAULTS = [
@@ -423,6 +431,40 @@ def test_device_accepts_strings_and_torch_devices(device, tmp_path):
     config = training(tmp_path, device=device)
     assert config.device == str(device)
     assert torch.device(config.device) == torch.device(device)
+
+
+def test_device_auto_is_accepted_and_round_trips_as_auto(tmp_path):
+    config = training(tmp_path, device="auto")
+    assert config.device == "auto"
+    assert config.to_dict()["device"] == "auto"
+    assert TrainingConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("cuda_available", "local_rank", "expected"),
+    [(False, -1, "cpu"), (True, -1, "cuda"), (True, 1, "cuda:1"), (False, 1, "cpu")],
+)
+def test_device_auto_resolves_to_cuda_only_when_available(
+    cuda_available, local_rank, expected, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    config = training(tmp_path, device="auto", local_rank=local_rank)
+    assert resolve_device(config) == torch.device(expected)
+
+
+def test_a_distiller_with_device_auto_trains_on_the_resolved_device(tmp_path):
+    teacher, student = make_models()
+    config = training(tmp_path, device="auto", progress_bar=False)
+    distiller = BasicDistiller(
+        config, DistillationConfig(), teacher, student, simple_adaptor, simple_adaptor
+    )
+    before = [p.detach().clone() for p in student.parameters()]
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    distiller.train(optimizer, None, make_batches(2), num_epochs=1)
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert {p.device.type for p in student.parameters()} == {expected.type}
+    assert not all(torch.equal(a, b.cpu()) for a, b in zip(before, student.parameters()))
+    assert sorted(os.listdir(tmp_path / "out")) == ["gs2.pkl"]
 
 
 # ---------------------------------------------------------------- precision

@@ -2,6 +2,9 @@
 
 import importlib.util
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,7 @@ def test_every_example_has_a_test():
         "quickstart",
         "distill_minilm",
         "multi_teacher_multi_task",
+        "multi_teacher_features",
         "custom_loss_and_scheduler",
         "subclass_distiller",
         "legacy_and_documented_calls",
@@ -77,6 +81,16 @@ def test_multi_teacher_and_multi_task_students_beat_chance(tmp_path):
     assert results["multi_task"]["sentiment_student_accuracy"] > 0.7  # 2 classes
 
 
+def test_two_teachers_of_different_widths_teach_features_through_projections(tmp_path):
+    results = run_example("multi_teacher_features", tmp_path)
+    assert results["projection_shapes"] == [(64, 24), (96, 24)]
+    for before, after in zip(results["feature_losses_before"], results["feature_losses_after"]):
+        assert after < before / 2
+    assert results["student_accuracy"] > 0.6  # 4 classes, chance 0.25
+    assert all(results["student_params"] * 4 < n for n in results["teacher_params"])
+    assert results["checkpoints"] == [f"gs{19 * epoch}.pkl" for epoch in range(1, 6)]
+
+
 def test_custom_loss_and_scheduler_are_used_by_name_and_logged(tmp_path):
     results = run_example("custom_loss_and_scheduler", tmp_path)
     assert "scalar/unweighted_hidden_hidden_l1_1_2" in results["tags"]
@@ -110,3 +124,33 @@ def test_legacy_and_documented_calls_give_identical_weights(tmp_path):
     assert results["checkpoints"] == ["gs3.pkl", "gs6.pkl", "gs9.pkl", "gs12.pkl"]
     assert results["identical_checkpoints"] == 4
     assert "scheduler_class" in results["projection_refusal"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(path.stem for path in EXAMPLES.glob("*.py")))
+def test_every_example_configures_logging_to_show_the_library_info_lines(name):
+    source = (EXAMPLES / f"{name}.py").read_text(encoding="utf-8")
+    main_block = source[source.index('if __name__ == "__main__":') :]
+    assert "logging.basicConfig(level=logging.INFO" in main_block
+    assert "with logging_redirect_tqdm():" in main_block
+
+
+@pytest.mark.slow
+def test_an_example_run_as_a_script_prints_the_library_info_lines(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "subclass_distiller.py"), "--smoke"]
+        + ["--output-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        check=True,
+    )
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for step in (20, 40, 60):
+        assert f"INFO textbrewer.distillers.base: Saved checkpoint {checkpoints}/gs{step}.pkl" in (
+            completed.stderr
+        )
+    assert "INFO textbrewer.distillers.base: Epoch 1/3" in completed.stderr

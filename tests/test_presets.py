@@ -314,6 +314,18 @@ def test_the_top_level_registries_are_the_presets_objects():
     assert textbrewer.register_new is presets.register_new
 
 
+def test_maps_is_a_top_level_name_and_sees_what_register_new_adds():
+    from textbrewer import MAPS
+
+    assert MAPS is presets.MAPS
+    assert "MAPS" in textbrewer.__all__
+    textbrewer.register_new("match_Loss", "test_via_maps", make_function("m"))
+    try:
+        assert MAPS["match_Loss"]["test_via_maps"]() == "m"
+    finally:
+        del presets.MATCH_LOSS_MAP["test_via_maps"]
+
+
 def test_distillers_maps_the_five_short_names_to_the_classes():
     assert textbrewer.Distillers == {
         "Basic": textbrewer.BasicDistiller,

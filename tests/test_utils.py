@@ -1,13 +1,21 @@
-"""Tests for textbrewer.utils: display_parameters, cycle and initializer_builder."""
+"""Tests for textbrewer.utils: display_parameters, cycle, initializer_builder and set_seed."""
 
+import random
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from textbrewer.utils import ParameterNode, cycle, display_parameters, initializer_builder
+from textbrewer.utils import (
+    ParameterNode,
+    cycle,
+    display_parameters,
+    initializer_builder,
+    set_seed,
+)
 
 
 def nested_model() -> nn.Module:
@@ -330,3 +338,52 @@ def test_initializer_builder_rejects_a_non_positive_std(std):
 def test_initializer_builder_rejects_a_std_that_is_not_a_number(std):
     with pytest.raises(TypeError, match=r"`std` must be a positive number, got .* of type"):
         initializer_builder(std)
+
+
+# --- set_seed -----------------------------------------------------------------------------------
+
+
+def test_set_seed_seeds_python_numpy_and_torch_like_their_own_seeded_generators():
+    set_seed(1234)
+    drawn = (random.random(), np.random.rand(), torch.rand(3))
+    assert drawn[0] == random.Random(1234).random()
+    assert drawn[1] == np.random.RandomState(1234).rand()
+    assert torch.equal(drawn[2], torch.rand(3, generator=torch.Generator().manual_seed(1234)))
+
+
+def test_set_seed_twice_repeats_a_shuffled_dataloader_and_dropout():
+    def draw():
+        set_seed(7)
+        loader = DataLoader(list(range(10)), batch_size=10, shuffle=True)
+        order = next(iter(loader)).tolist()
+        mask = nn.functional.dropout(torch.ones(20), p=0.5)
+        return order, mask, random.sample(range(100), 5), np.random.choice(5, size=4).tolist()
+
+    first, second = draw(), draw()
+    assert first[0] == second[0]
+    assert first[2:] == second[2:]
+    assert torch.equal(first[1], second[1])
+    assert first[0] != list(range(10))  # shuffled indeed
+
+
+def test_set_seed_seeds_every_cuda_device(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seen.append)
+    set_seed(2**32 - 1)
+    # torch.manual_seed seeds CUDA too (lazily); set_seed also calls it explicitly.
+    assert seen
+    assert set(seen) == {2**32 - 1}
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_set_seed_rejects_a_seed_out_of_range(seed):
+    with pytest.raises(
+        ValueError, match=r"`seed`=.* is out of range: it must be in \[0, 2\*\*32 - 1\]"
+    ):
+        set_seed(seed)
+
+
+@pytest.mark.parametrize("seed", [True, 1.0, "1", None], ids=repr)
+def test_set_seed_rejects_a_seed_that_is_not_an_int(seed):
+    with pytest.raises(TypeError, match=r"`seed`=.* must be an int"):
+        set_seed(seed)

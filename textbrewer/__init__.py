@@ -6,7 +6,7 @@ registries, and holds no logic of its own.
 
 __version__ = "0.3.0"
 
-from textbrewer import data_utils, losses, presets, utils
+from textbrewer import data_utils, losses, presets, recipes, utils
 from textbrewer._validation import ConfigError
 from textbrewer.configurations import DistillationConfig, TrainingConfig
 from textbrewer.distillers import (
@@ -20,6 +20,7 @@ from textbrewer.presets import (
     ADAPTOR_KEYS,
     FEATURES,
     KD_LOSS_MAP,
+    MAPS,
     MATCH_LOSS_MAP,
     PROJ_MAP,
     TEMPERATURE_SCHEDULER,
@@ -41,6 +42,7 @@ __all__ = [
     "ADAPTOR_KEYS",
     "FEATURES",
     "KD_LOSS_MAP",
+    "MAPS",
     "MATCH_LOSS_MAP",
     "PROJ_MAP",
     "TEMPERATURE_SCHEDULER",
@@ -60,6 +62,7 @@ __all__ = [
     "data_utils",
     "losses",
     "presets",
+    "recipes",
     "utils",
     "register_new",
 ]

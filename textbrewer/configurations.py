@@ -23,6 +23,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _OPT_LEVELS = ("O0", "O1", "O2", "O3")
 _PRECISIONS = ("no", "fp16", "bf16")
+AUTO_DEVICE = "auto"
+"""The ``device`` value that means CUDA when available, else the CPU."""
 
 
 class _Config:
@@ -88,8 +90,10 @@ class TrainingConfig(_Config):
         log_dir: directory for tensorboard scalars; ``None`` disables tensorboard.
         output_dir: where ``gs{step}.pkl`` checkpoints go; created (with parents) when the config
             is built, on rank 0 only.
-        device: ``'cuda'``, ``'cpu'``, ``'cuda:1'``, or a ``torch.device``. When CUDA is asked for
-            but absent, building a distiller raises (there is no silent fallback to CPU).
+        device: ``'cuda'``, ``'cpu'``, ``'cuda:1'``, a ``torch.device``, or ``'auto'`` (CUDA when
+            ``torch.cuda.is_available()``, else the CPU; decided when the distiller is built). When
+            CUDA is asked for explicitly but absent, building a distiller raises (there is no
+            silent fallback to CPU: that is what ``'auto'`` is for).
         fp16: mixed precision with float16 autocast and a ``GradScaler`` (``torch.amp``; apex is
             never needed). Same as ``mixed_precision='fp16'``.
         fp16_opt_level: accepted for TextBrewer 0.2.x scripts. With ``fp16=True``: ``'O1'``,
@@ -190,14 +194,14 @@ class TrainingConfig(_Config):
             os.makedirs(self.output_dir, exist_ok=True)
 
     def _check_device(self, problems: Problems) -> None:
-        if isinstance(self.device, torch.device):
+        if isinstance(self.device, torch.device) or self.device == AUTO_DEVICE:
             return
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError):
             problems.add(
                 f"`device`={self.device!r} is not a device "
-                "(e.g. 'cuda', 'cuda:0', 'cpu' or a torch.device)"
+                "(e.g. 'auto', 'cuda', 'cuda:0', 'cpu' or a torch.device)"
             )
 
     def _check_precision(self, problems: Problems) -> None:
@@ -273,7 +277,8 @@ class DistillationConfig(_Config):
         probability_shift: swap the teacher's top logit with the true label's before KD (needs
             the student adaptor's ``labels``).
         intermediate_matches: list of dicts with keys ``layer_T``, ``layer_S``, ``feature``,
-            ``loss``, ``weight`` and optionally ``proj`` (see ``IntermediateMatch``). Stored as
+            ``loss``, ``weight`` and optionally ``proj`` and ``teacher`` (the index of the
+            teacher a multi-teacher match reads from; see ``IntermediateMatch``). Stored as
             ``IntermediateMatch`` objects.
         is_caching_logits: run the teacher once over the data before training and reuse its
             logits every epoch (BasicDistiller and MultiTeacherDistiller, epoch mode).

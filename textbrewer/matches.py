@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 from textbrewer import presets
 from textbrewer._validation import Problems
 
 _REQUIRED = ("layer_T", "layer_S", "feature", "loss", "weight")
-_ALL_KEYS = (*_REQUIRED, "proj")
+_ALL_KEYS = (*_REQUIRED, "proj", "teacher")
 
 
 @dataclasses.dataclass
@@ -26,6 +27,10 @@ class IntermediateMatch:
         proj: ``None``, or ``[kind, dim_in_student, dim_out_teacher, optimizer_options]`` with
             ``kind`` a key of ``PROJ_MAP``; a projection applied to the student's feature. The
             options dict (e.g. ``{'lr': 1e-3}``) configures the projection's optimizer param group.
+        teacher: ``None``, or the index into ``model_T`` of the teacher whose features the match
+            reads (``MultiTeacherDistiller``, and ``MultiTaskDistiller`` tasks with several
+            teachers, need it; single-teacher distillers accept only ``None`` or 0). Left out of
+            ``to_dict()`` when ``None``, so 0.2.x configurations write the same files.
     """
 
     layer_T: int | list[int]
@@ -34,6 +39,7 @@ class IntermediateMatch:
     loss: str
     weight: float
     proj: list[Any] | None = None
+    teacher: int | None = None
 
     @classmethod
     def from_config(
@@ -66,6 +72,18 @@ class IntermediateMatch:
             self._check_layers(prefix, problems)
         if self.proj is not None:
             self.proj = _checked_proj(self.proj, prefix, problems)
+        if self.teacher is not None:
+            self._check_teacher(prefix, problems)
+
+    def _check_teacher(self, prefix: str, problems: Problems) -> None:
+        value = self.teacher
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            problems.add(
+                f"`{prefix}.teacher`={value!r} must be an int >= 0, the index in `model_T` of "
+                "the teacher the match reads from (or left out for a single teacher)"
+            )
+        else:
+            self.teacher = int(value)
 
     def _check_layers(self, prefix: str, problems: Problems) -> None:
         pairs = {}
@@ -105,6 +123,8 @@ class IntermediateMatch:
         plain = dataclasses.asdict(self)
         if plain["proj"] is not None:
             plain["proj"] = list(plain["proj"])
+        if plain["teacher"] is None:
+            del plain["teacher"]
         return plain
 
     def __getitem__(self, key: str) -> Any:

@@ -6,20 +6,30 @@
   which is how step-mode training reads its data.
 - :func:`initializer_builder` makes a function for ``module.apply`` that re-initialises the
   weights of linear and embedding layers.
+- :func:`set_seed` seeds Python's, numpy's and torch's (CPU and CUDA) global random generators.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ParameterNode", "cycle", "display_parameters", "initializer_builder", "tqdm_print"]
+__all__ = [
+    "ParameterNode",
+    "cycle",
+    "display_parameters",
+    "initializer_builder",
+    "set_seed",
+    "tqdm_print",
+]
 
 T = TypeVar("T")
 
@@ -263,6 +273,51 @@ def initializer_builder(std: float) -> Callable[[nn.Module], None]:
                 module.bias.zero_()
 
     return init
+
+
+_MAX_SEED = 2**32 - 1  # numpy's legacy global generator takes seeds in [0, 2**32 - 1]
+
+
+def set_seed(seed: int) -> None:
+    """Seeds every global random generator a training run draws from.
+
+    That is Python's ``random`` (``random.shuffle`` orders the cached batches of
+    ``is_caching_logits``), numpy's global generator (``MultiTaskDistiller`` draws each step's
+    task from it, and so do the augmentations of :mod:`textbrewer.data_utils`), torch's CPU
+    generator (weight init, projections, dropout, ``DataLoader`` shuffling without a generator of
+    its own) and the generator of every CUDA device (lazily, so it is safe without CUDA).
+
+    It does not make kernels deterministic (see ``torch.use_deterministic_algorithms``) and cannot
+    fix Python's hash seed of a running process (set ``PYTHONHASHSEED`` before it starts).
+
+    Args:
+        seed: An int in ``[0, 2**32 - 1]``.
+
+    Raises:
+        TypeError: If ``seed`` is not an int (a bool is not accepted).
+        ValueError: If ``seed`` is outside ``[0, 2**32 - 1]``.
+
+    Example:
+        >>> set_seed(0)
+        >>> first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+        >>> set_seed(0)
+        >>> first == (random.random(), float(np.random.rand()), float(torch.rand(1)))
+        True
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(
+            f"`seed`={seed!r} must be an int in [0, 2**32 - 1], got {type(seed).__name__}"
+        )
+    if not 0 <= seed <= _MAX_SEED:
+        raise ValueError(
+            f"`seed`={seed!r} is out of range: it must be in [0, 2**32 - 1] "
+            "(numpy's global generator accepts no other)"
+        )
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
 
 
 def tqdm_print(*values: object, sep: str = " ", end: str = "\n", file: object = None) -> None:

@@ -11,6 +11,8 @@ loss log, ``train()`` arguments) lives in ``textbrewer.training``.
 * ``_kd.py``: the KD pipeline (row selection, probability shift, temperature, KD loss) and
   ``DistillationTerms`` (KD + hard-label terms with their scheduled weights).
 * ``_matching.py``: intermediate matches, projections and hook-based custom matches.
+* ``_teachers.py``: several teachers: how their KD terms combine (``combine_teachers``,
+  ``teacher_weights``) and the check of each match's ``teacher`` index.
 """
 
 from textbrewer.distillers.base import AbstractDistiller

@@ -45,6 +45,8 @@ class CustomMatch:
         loss: ``loss(out_S, out_T, mask_S, mask_T) -> scalar``.
         proj_func: optional callable applied to the student's output (trained if a module).
         proj_group: optimizer options for ``proj_func``'s parameters (e.g. ``{'lr': 1e-3}``).
+        teacher: the index in ``model_T`` of the teacher ``module_T`` belongs to (needed with
+            several teachers; its adaptor's ``inputs_mask`` is the loss's ``mask_T``).
     """
 
     module_T: nn.Module
@@ -53,6 +55,7 @@ class CustomMatch:
     loss: Callable[..., torch.Tensor]
     proj_func: Callable[[Any], Any] | None = None
     proj_group: dict | None = None
+    teacher: int | None = None
     proj_call: Callable[[Any], Any] | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
@@ -152,20 +155,25 @@ class MatchComputer:
                 custom.proj_call = wrapped.pop(0)
 
     def __call__(
-        self, results_S: AdaptorResult, results_T: AdaptorResult
+        self, results_S: AdaptorResult, results_T: AdaptorResult | list[AdaptorResult]
     ) -> list[tuple[str, torch.Tensor, float]]:
-        """Returns ``(part_name, unweighted_loss, weight)`` for every match, in order."""
+        """Returns ``(part_name, unweighted_loss, weight)`` for every match, in order.
+
+        ``results_T`` is the teacher's result, or a list with one per teacher: a match then
+        reads ``results_T[match.teacher]`` (teacher 0 when it names none).
+        """
+        teachers = results_T if isinstance(results_T, list) else [results_T]
         parts = []
         if self.matches:
             features_S = [self._features(results_S, m, i, "S") for i, m in enumerate(self.matches)]
             features_S = self._projected(features_S)
             mask = results_S.get("inputs_mask")
             for index, (match, student) in enumerate(zip(self.matches, features_S)):
-                teacher = self._features(results_T, match, index, "T")
+                teacher = self._features(teachers[match.teacher or 0], match, index, "T")
                 _check_shapes(self.infos[index], student, teacher, match, index)
                 loss = self.functions[index](student, teacher, mask=mask)
                 parts.append((_part_name(match), loss, match.weight))
-        parts.extend(self._custom_parts(results_S, results_T))
+        parts.extend(self._custom_parts(results_S, teachers))
         return parts
 
     def _features(self, results: AdaptorResult, match: IntermediateMatch, index: int, side: str):
@@ -206,7 +214,7 @@ class MatchComputer:
                 features[index] = value
         return features
 
-    def _custom_parts(self, results_S: AdaptorResult, results_T: AdaptorResult):
+    def _custom_parts(self, results_S: AdaptorResult, results_T: list[AdaptorResult]):
         parts = []
         for index, (custom, (catch_T, catch_S)) in enumerate(zip(self.custom, self._catchers)):
             out_T, out_S = catch_T.output, catch_S.output
@@ -219,7 +227,10 @@ class MatchComputer:
             if custom.proj_func is not None:
                 out_S = (custom.proj_call or custom.proj_func)(out_S)
             loss = custom.loss(
-                out_S, out_T, results_S.get("inputs_mask"), results_T.get("inputs_mask")
+                out_S,
+                out_T,
+                results_S.get("inputs_mask"),
+                results_T[custom.teacher or 0].get("inputs_mask"),
             )
             parts.append((f"unweighted_custom_match_{index}", loss, custom.weight))
         return parts

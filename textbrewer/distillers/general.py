@@ -8,6 +8,7 @@ from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
 from textbrewer.distillers._matching import MatchComputer, MatchingHooks
+from textbrewer.distillers._teachers import check_match_teachers
 from textbrewer.distillers.basic import BasicDistiller
 
 
@@ -61,4 +62,7 @@ class GeneralDistiller(MatchingHooks, BasicDistiller):
         super().__init__(train_config, distill_config, model_T, model_S, adaptor_T, adaptor_S)
         self.matches = MatchComputer(
             distill_config.intermediate_matches or [], custom_matches, self.device
+        )
+        check_match_teachers(
+            self.matches.matches, self.matches.custom, self.teachers(), type(self).__name__
         )

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from textbrewer.configurations import TrainingConfig
+from textbrewer.configurations import AUTO_DEVICE, TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +24,23 @@ _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(config: TrainingConfig) -> torch.device:
-    """Returns the device to train on; CUDA asked for but absent raises (no silent fallback)."""
-    device = torch.device(config.device)
+    """Returns the device to train on.
+
+    ``'auto'`` means CUDA when ``torch.cuda.is_available()``, else the CPU. CUDA asked for by name
+    but absent raises: there is no silent fallback.
+
+    Under DDP (``local_rank >= 0``) a CUDA device without an index becomes ``cuda:<local_rank>``.
+    """
+    if config.device == AUTO_DEVICE:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(
                 f"TrainingConfig `device`={config.device!r} asks for CUDA, which is not available "
-                "on this machine; pass device='cpu' to train on the CPU"
+                "on this machine; pass device='cpu' to train on the CPU, or device='auto' to use "
+                "CUDA only where it is available"
             )
         if device.index is None and config.local_rank >= 0:
             device = torch.device("cuda", config.local_rank)
