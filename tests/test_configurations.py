@@ -47,7 +47,7 @@ TRAINING_EXTRA_DEFAULTS = [
     ("greater_is_better", None),
     ("early_stopping_patience", None),
     ("early_stopping_threshold", 0.0),
-    ("log_train_scalars", False),
+    ("log_train_scalars", None),
 ]
 DISTILLATION_DEFAULTS = [
     ("temperature", 4),
@@ -190,7 +190,7 @@ def test_str_of_a_training_config_is_one_name_colon_value_line_per_field_in_orde
         "greater_is_better : None",
         "early_stopping_patience : None",
         "early_stopping_threshold : 0.0",
-        "log_train_scalars : False",
+        "log_train_scalars : None",
     ]
 
 

@@ -132,7 +132,9 @@ class TrainingConfig(_Config):
         log_train_scalars: also write ``train/learning_rate`` (``train/learning_rate_{i}`` per
             further param group), ``train/kd_loss_weight``, ``train/hard_label_weight``,
             ``train/temperature`` (with a temperature scheduler), ``train/grad_norm`` and
-            ``train/samples_per_second`` to tensorboard, at the optimizer step.
+            ``train/samples_per_second`` to tensorboard, at the optimizer step. ``None`` (the
+            default) means: whenever ``log_dir`` is set; ``False`` writes only 0.2.x's
+            ``scalar/*`` tags.
 
     Example:
         >>> config = TrainingConfig(device="cpu", output_dir=tmp_dir, ckpt_frequency=2)
@@ -161,7 +163,7 @@ class TrainingConfig(_Config):
     greater_is_better: bool | None = None
     early_stopping_patience: int | None = None
     early_stopping_threshold: float = 0.0
-    log_train_scalars: bool = False
+    log_train_scalars: bool | None = None
 
     def __post_init__(self) -> None:
         problems = Problems("TrainingConfig")
@@ -233,7 +235,8 @@ class TrainingConfig(_Config):
             problems.add(
                 f"`early_stopping_threshold`={self.early_stopping_threshold!r} must be >= 0"
             )
-        problems.boolean("log_train_scalars", self.log_train_scalars)
+        if self.log_train_scalars is not None:
+            problems.boolean("log_train_scalars", self.log_train_scalars)
         if self.early_stopping_patience is not None and self.metric_for_best_model is None:
             problems.add(
                 f"`early_stopping_patience`={self.early_stopping_patience!r} needs "
@@ -258,6 +261,13 @@ class TrainingConfig(_Config):
         if self.fp16 and self.fp16_opt_level != "O0":
             return "fp16"
         return "fp32"
+
+    @property
+    def writes_train_scalars(self) -> bool:
+        """Whether the ``train/*`` tensorboard scalars are written (see ``log_train_scalars``)."""
+        if self.log_train_scalars is None:
+            return self.log_dir is not None
+        return self.log_train_scalars
 
 
 @dataclasses.dataclass

@@ -53,7 +53,9 @@ def train_steps(distiller, student, num_steps, **kwargs):
 
 # --------------------------------------------------------------------- defaults
 def test_defaults_write_the_same_files_and_tags_and_return_a_result(tmp_path):
-    distiller, student = distiller_for(tmp_path, ckpt_steps=2, log_dir=str(tmp_path / "tb"))
+    distiller, student = distiller_for(
+        tmp_path, ckpt_steps=2, log_dir=str(tmp_path / "tb"), log_train_scalars=False
+    )
     result = train_steps(distiller, student, 5, callback=lambda model, step: None)
     assert files(tmp_path) == ["gs2.pkl", "gs4.pkl", "gs5.pkl"]
     scalars = read_scalars(tmp_path / "tb")
@@ -70,6 +72,14 @@ def test_defaults_write_the_same_files_and_tags_and_return_a_result(tmp_path):
     # last_losses: the mean over the last read-back (the checkpoint at 5 read back step 5).
     last_total = scalars["scalar/total_loss"][-1][1]
     assert result.last_losses["total_loss"] == pytest.approx(last_total, rel=1e-6)
+
+
+def test_a_log_dir_alone_also_writes_the_train_scalars(tmp_path):
+    distiller, student = distiller_for(tmp_path, ckpt_steps=2, log_dir=str(tmp_path / "tb"))
+    train_steps(distiller, student, 4)
+    scalars = read_scalars(tmp_path / "tb")
+    assert {"train/learning_rate", "train/kd_loss_weight", "train/grad_norm"} <= set(scalars)
+    assert [step for step, _ in scalars["train/learning_rate"]] == [1, 2, 3, 4]
 
 
 # --------------------------------------------------------------------- keep last N and best

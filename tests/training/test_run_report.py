@@ -64,7 +64,7 @@ def test_trainable_parameters_count_each_parameter_once():
     assert trainable_parameters([*layer.parameters(), *frozen.parameters()]) == 8
 
 
-def test_step_scalars_are_off_by_default_and_list_every_group(tmp_path):
+def test_step_scalars_are_off_without_a_log_dir_and_list_every_group(tmp_path):
     optimizer = torch.optim.SGD(
         [{"params": [torch.nn.Parameter(torch.zeros(1))]}, {"params": [], "lr": 0.5}], lr=0.1
     )

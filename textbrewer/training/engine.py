@@ -95,7 +95,7 @@ class Engine:
             )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.accumulation = config.gradient_accumulation_steps
-        self.measure_grad_norm = config.log_train_scalars
+        self.measure_grad_norm = config.writes_train_scalars
         self.last_grad_norm: torch.Tensor | None = None
 
     @property

@@ -115,7 +115,7 @@ class RunMonitor:
     """
 
     def __init__(self, config: TrainingConfig, world_size: int = 1) -> None:
-        self.log_train_scalars = config.log_train_scalars
+        self.log_train_scalars = config.writes_train_scalars
         self.world_size = world_size
         self.started = time.perf_counter()
         self.samples = 0
