@@ -27,6 +27,7 @@ alike, the modes are equal within seed noise. ``--smoke`` takes about 3 s.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import tempfile
 import time
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import textbrewer
 from textbrewer.losses import hid_mse_loss
@@ -244,4 +246,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # The library reports epochs and checkpoints at INFO level through `logging` (the "textbrewer"
+    # logger), which Python hides until it is configured; log lines go above the progress bar.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with logging_redirect_tqdm():
+        main()
