@@ -10,11 +10,11 @@ from typing import Any, Callable, TypedDict, Union
 import torch
 from torch import nn
 
-from textbrewer import presets
+from textbrewer import presets, sparse_kd
 
 logger = logging.getLogger(__name__)
 
-_LIST_KEYS = ("logits", "logits_mask", "labels", "losses")
+_LIST_KEYS = ("logits", "logits_mask", "labels", "losses", sparse_kd.TOPK_INDICES_KEY)
 
 
 class AdaptorResult(TypedDict, total=False):
@@ -213,7 +213,7 @@ class AdaptorChecker:
         return normalised
 
     def _warn_unknown(self, result: dict, who: str) -> None:
-        known = set(presets.ADAPTOR_KEYS) | set(presets.FEATURES)
+        known = set(presets.ADAPTOR_KEYS) | set(presets.FEATURES) | {sparse_kd.TOPK_INDICES_KEY}
         for key in result:
             if key not in known and (who, key) not in self._warned:
                 self._warned.add((who, key))

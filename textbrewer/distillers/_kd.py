@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from textbrewer import presets
+from textbrewer import presets, sparse_kd
 from textbrewer.configurations import DistillationConfig
 from textbrewer.distillers._batches import AdaptorResult
 
@@ -113,8 +113,14 @@ class KDLoss:
         masks_S: list[torch.Tensor] | None,
         masks_T: list[torch.Tensor] | None,
         labels: list[torch.Tensor] | None,
+        topk_indices: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Returns the summed KD loss over the logits pairs."""
+        """Returns the summed KD loss over the logits pairs.
+
+        ``topk_indices`` (a teacher cache made with ``topk``): per pair, the classes of the
+        teacher's stored top-k values, which ``logits_T`` then holds; the loss is the top-k
+        approximation of ``textbrewer.sparse_kd``.
+        """
         if self.probability_shift and labels is None:
             raise ValueError(
                 "DistillationConfig `probability_shift`=True needs the true labels: adaptor_S "
@@ -127,10 +133,30 @@ class KDLoss:
             teacher = select_rows(to_float32(teacher), mask_T)
             if self.probability_shift:
                 teacher = probability_shift(teacher, select_rows_of_labels(labels[index], mask_S))
+            if topk_indices is not None:
+                loss = self._topk_loss(student, teacher, select_rows(topk_indices[index], mask_T))
+                total = loss if total is None else total + loss
+                continue
+            _check_classes(index, student, teacher, self.loss)
             temperature = self._temperature(student, teacher)
             loss = self.loss(student, teacher, temperature)
             total = loss if total is None else total + loss
         return total
+
+    def _topk_loss(
+        self, student: torch.Tensor, values: torch.Tensor, indices: torch.Tensor
+    ) -> torch.Tensor:
+        # The schedulers and the shift read the teacher's whole distribution, which is not stored.
+        for field, value in (
+            ("temperature_scheduler", self.temperature_scheduler),
+            ("probability_shift", self.probability_shift or None),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"DistillationConfig `{field}` needs the teacher's full logits, but the "
+                    "teacher cache stores its top-k logits only; precompute with topk=None"
+                )
+        return sparse_kd.topk_kd_loss(self.loss, student, values, indices, self.temperature)
 
     def _temperature(self, student: torch.Tensor, teacher: torch.Tensor) -> Any:
         if self.temperature_scheduler is None:
@@ -145,6 +171,26 @@ class KDLoss:
             )
         self.last_temperature = temperature
         return temperature
+
+
+def _check_classes(index: int, student: torch.Tensor, teacher: torch.Tensor, loss: Any) -> None:
+    """Built-in KD losses compare class by class: the two sides need the same classes and rows."""
+    if loss not in sparse_kd.TOPK_FORMS:  # a user's loss may map vocabularies itself
+        return
+    if student.shape[-1] != teacher.shape[-1]:
+        raise ValueError(
+            f"KD on logits[{index}]: the student's logits have {student.shape[-1]} classes "
+            f"(vocabulary size) and the teacher's {teacher.shape[-1]}; logits-level KD compares "
+            "the two distributions class by class, so both need the same classes. A teacher and "
+            "a student with different vocabularies (tokenizers) can be matched at the sequence "
+            "level (pooled hidden states, [CLS]) instead: drop 'logits' from one adaptor"
+        )
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"KD on logits[{index}]: student logits {tuple(student.shape)} and teacher logits "
+            f"{tuple(teacher.shape)} have different rows: the positions do not align (different "
+            "batches or sequence lengths, e.g. different tokenizers)"
+        )
 
 
 def sum_of_means(losses: list[torch.Tensor]) -> torch.Tensor:
@@ -262,6 +308,7 @@ class DistillationTerms:
                 results_S.get("logits_mask"),
                 results_T.get("logits_mask"),
                 results_S.get("labels"),
+                results_T.get(sparse_kd.TOPK_INDICES_KEY),
             )
             parts.append(("unweighted_kd_loss", kd, self.kd_loss_weight))
         if "losses" in results_S:
