@@ -25,7 +25,7 @@ def load_benchmark(monkeypatch, tmp_path):
     torch.set_num_threads(threads)
     torch.set_rng_state(torch_rng)
     random.setstate(python_rng)
-    for name in ("bench_loop", "bench_caching", "bench_scaling", "_models"):
+    for name in ("bench_loop", "bench_caching", "bench_scaling", "bench_teacher_cache", "_models"):
         sys.modules.pop(name, None)
 
 
@@ -89,6 +89,24 @@ def test_caching_benchmark_runs(load_benchmark):
         keys=["epoch_ms", "batch_ms", "first_epoch_ms", "speedup", "speedup_min", "speedup_max"],
         positive=["epoch_ms", "batch_ms", "first_epoch_ms", "speedup"],
     )
+
+
+@pytest.mark.slow
+def test_teacher_cache_benchmark_runs(load_benchmark):
+    bench_teacher_cache = load_benchmark("bench_teacher_cache")
+    rows = bench_teacher_cache.run(smoke=True)
+    assert [row["variant"] for row in rows] == [
+        "live teacher",
+        "teacher cache",
+        "no teacher (limit)",
+    ]
+    assert_rows(
+        rows,
+        keys=["epoch_ms", "ratio_to_limit", "speedup_over_live", "epoch_wall_ms", "precompute_ms"],
+        positive=["epoch_ms", "ratio_to_limit", "speedup_over_live", "epoch_wall_ms"],
+    )
+    assert rows[2]["ratio_to_limit"] == 1.0  # the limit against itself
+    assert rows[1]["precompute_ms"] > 0
 
 
 @pytest.mark.slow
