@@ -149,7 +149,9 @@ class CrossTokenizerCollate:
             pair = rest.pop(0) if rest and isinstance(rest[0], str) else None
             label = rest.pop(0) if rest else None
             if rest or (label is not None and not isinstance(label, (Number, torch.Tensor))):
-                raise ValueError(f"example {index}: {example!r} is not (text[, text_pair][, label])")
+                raise ValueError(
+                    f"example {index}: {example!r} is not (text[, text_pair][, label])"
+                )
             return example[0], pair, label
         raise TypeError(
             f"example {index} must be a string, a (text[, text_pair][, label]) tuple or a dict "

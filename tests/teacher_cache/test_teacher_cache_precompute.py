@@ -227,3 +227,10 @@ def test_a_dataloader_gives_its_dataset_collate_and_batch_size(tmp_path):
     )
     assert calls == [3, 3, 2]
     assert cache.dataset_length == 8
+
+
+def test_a_launcher_without_a_process_group_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    teacher, _ = make_models()
+    with pytest.raises(RuntimeError, match="WORLD_SIZE=2 .* call torch.distributed.init_process"):
+        precompute(teacher, tmp_path / "c", examples(4))

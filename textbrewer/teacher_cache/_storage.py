@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,13 @@ def write_chunk(
             np.save(handle, array, allow_pickle=False)
             handle.flush()
             os.fsync(handle.fileno())
-    os.replace(temporary, final)
+    try:
+        os.replace(temporary, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        # Another process completed this chunk meanwhile: its copy is as good as ours.
+        shutil.rmtree(temporary)
 
 
 def remove_partial_chunks(root: Path) -> None:
@@ -128,6 +135,4 @@ def remove_partial_chunks(root: Path) -> None:
         return
     for entry in folder.iterdir():
         if entry.name.startswith(".") and ".tmp-" in entry.name:
-            for file in entry.iterdir():
-                file.unlink()
-            entry.rmdir()
+            shutil.rmtree(entry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -296,6 +297,15 @@ def _check_positive(field: str, value: Any) -> None:
 def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
+    launched = os.environ.get("WORLD_SIZE", "1")
+    if launched.isdigit() and int(launched) > 1:
+        # Every process would compute (and write) every chunk: refuse rather than race.
+        raise RuntimeError(
+            f"this process was launched as one of WORLD_SIZE={launched} (torchrun?), but no "
+            "torch.distributed process group is initialised: call "
+            "torch.distributed.init_process_group() before precompute_teacher_outputs, so that "
+            "each rank computes its share of the chunks"
+        )
     return 0, 1
 
 
