@@ -42,9 +42,9 @@ class CachedTeacherDataset(Dataset):
             configuration, or with another ``dataset_id``.
 
     Example:
+        >>> cached = CachedTeacherDataset(dataset, cache_dir, config)  # doctest: +SKIP
         >>> loader = torch.utils.data.DataLoader(
-        ...     CachedTeacherDataset(dataset, cache_dir, config), batch_size=32, shuffle=True,
-        ...     collate_fn=CachedTeacherDataset(dataset, cache_dir, config).collate(tokenize),
+        ...     cached, batch_size=32, shuffle=True, collate_fn=cached.collate(tokenize)
         ... )  # doctest: +SKIP
     """
 

@@ -11,10 +11,11 @@ import torch
 
 from textbrewer.configurations import DistillationConfig
 from textbrewer.distillers._batches import AdaptedOutputs
+from textbrewer.sparse_kd import TOPK_INDICES_KEY
 from textbrewer.teacher_cache import _storage as storage
 from textbrewer.teacher_cache._selection import describe, fingerprint, teacher_selection
 
-_LIST_KEYS = ("logits", "logits_topk_indices", "logits_mask")
+_LIST_KEYS = ("logits", TOPK_INDICES_KEY, "logits_mask")
 
 
 class StoredLayers(tuple):
@@ -201,7 +202,7 @@ class TeacherCache:
         if order != sorted(order):
             stacked = stacked[np.argsort(order, kind="stable")]
         tensor = storage.to_torch(stacked, info["dtype"])
-        return tensor.long() if info["key"] == "logits_topk_indices" else tensor
+        return tensor.long() if info["key"] == TOPK_INDICES_KEY else tensor
 
     def _array(self, chunk: int, name: str) -> np.ndarray:
         key = (chunk, name)
