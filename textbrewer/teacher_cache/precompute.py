@@ -121,8 +121,9 @@ def precompute_teacher_outputs(
     }
     root = Path(output_dir)
     rank, world_size = _rank_and_world()
+    differing = _differences(root, parameters, overwrite)  # every rank: all raise, none waits
     if rank == 0:
-        _prepare(root, parameters, overwrite)
+        _prepare(root, parameters, differing)
     _barrier(world_size)
     if not (root / storage.MANIFEST).exists():
         run = _Run(teachers, adaptors, dataset, collate_fn, batch_size, torch.device(device))
@@ -212,28 +213,34 @@ def _chunk_count(total: int, size: int) -> int:
     return -(-total // size)
 
 
-def _prepare(root: Path, parameters: dict, overwrite: bool) -> None:
-    """Starts, resumes or refuses: an existing run must have been made with the same arguments."""
+def _differences(root: Path, parameters: dict, overwrite: bool) -> list[str]:
+    """The arguments an existing run in ``root`` was made with otherwise (refused unless told)."""
     recorded_path = root / storage.RUN_PARAMETERS
-    if recorded_path.exists():
-        recorded = storage.read_json(recorded_path)
-        differing = sorted(key for key in parameters if recorded.get(key) != parameters[key])
-        if differing and not overwrite:
-            details = ", ".join(
-                f"{key}={recorded.get(key)!r} there, {parameters[key]!r} now" for key in differing
-            )
-            raise ValueError(
-                f"`output_dir`={str(root)!r} holds a teacher cache (or an unfinished precompute) "
-                f"made with other arguments: {details}. Use another output_dir, or pass "
-                "overwrite=True to delete it"
-            )
-        if differing:
-            logger.warning("Deleting the teacher cache in %s (overwrite=True)", root)
-            shutil.rmtree(root)
+    if not recorded_path.exists():
+        return []
+    recorded = storage.read_json(recorded_path)
+    differing = sorted(key for key in parameters if recorded.get(key) != parameters[key])
+    if differing and not overwrite:
+        details = ", ".join(
+            f"{key}={recorded.get(key)!r} there, {parameters[key]!r} now" for key in differing
+        )
+        raise ValueError(
+            f"`output_dir`={str(root)!r} holds a teacher cache (or an unfinished precompute) "
+            f"made with other arguments: {details}. Use another output_dir, or pass "
+            "overwrite=True to delete it"
+        )
+    return differing
+
+
+def _prepare(root: Path, parameters: dict, differing: list[str]) -> None:
+    """Starts or resumes a run in ``root`` (rank 0): clears what an older one left."""
+    if differing:
+        logger.warning("Deleting the teacher cache in %s (overwrite=True)", root)
+        shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     storage.remove_partial_chunks(root)
-    if not recorded_path.exists():
-        storage.write_json(recorded_path, parameters)
+    if not (root / storage.RUN_PARAMETERS).exists():
+        storage.write_json(root / storage.RUN_PARAMETERS, parameters)
 
 
 def _write_manifest(root: Path, parameters: dict) -> None:
