@@ -255,3 +255,38 @@ def test_a_layer_the_cache_does_not_store_fails_with_the_stored_layers(tmp_path)
             loader(dataset, dataset.collate()),
             1,
         )
+
+
+@pytest.mark.slow
+def test_dataloader_workers_read_the_cache_themselves(tmp_path):
+    teacher, _ = make_models()
+    data = examples(12)
+    config = textbrewer.DistillationConfig(intermediate_matches=MATCHES[:1])
+    cache = precompute_teacher_outputs(
+        teacher,
+        simple_adaptor,
+        data,
+        tmp_path / "cache",
+        config,
+        chunk_size=5,
+        progress_bar=False,
+    )
+    cache.teacher_outputs([0])  # the parent has a memory map open: workers must cope
+    dataset = CachedTeacherDataset(data, cache, config)
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(1)).tolist()
+    batches = list(
+        torch.utils.data.DataLoader(
+            dataset,
+            batch_size=4,
+            sampler=order,
+            collate_fn=dataset.collate(),
+            num_workers=2,
+            multiprocessing_context="spawn",
+        )
+    )
+    for position, batch in enumerate(batches):
+        indices = order[4 * position : 4 * position + 4]
+        expected = cache.teacher_outputs(indices)
+        assert torch.equal(batch["teacher_cache"]["hidden"][3], expected["hidden"][3])
+        assert torch.equal(batch["teacher_cache"]["logits"][0], expected["logits"][0])
+        assert torch.equal(batch["student"][0], torch.stack([data[i][0] for i in indices]))
