@@ -61,6 +61,10 @@ def test_the_cache_holds_each_examples_outputs_in_plain_npy_files(tmp_path):
         "t0.logits.0",
     ]
     assert manifest["arrays"]["t0.hidden.3"]["axes"] == [0]
+    # Per-example shapes; None marks the sequence axis, fitted to each batch.
+    assert manifest["arrays"]["t0.hidden.3"]["shape"] == [None, 8]
+    assert manifest["arrays"]["t0.logits.0"]["shape"] == [3]
+    assert manifest["arrays"]["t0.logits.0"]["dtype"] == "float64"
     # Row i of the arrays is example i's output, loadable without pickle.
     ids, mask, labels = (torch.stack(t) for t in zip(*data))
     logits, hidden, _, _ = teacher(ids, mask, labels)

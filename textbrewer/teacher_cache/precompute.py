@@ -190,7 +190,10 @@ class _Run:
                 meta["layers"].update(layers)
                 for array_key, (tensor, info) in arrays.items():
                     values, dtype_name = storage.to_numpy(tensor)
-                    meta["arrays"][array_key] = {**info, "dtype": dtype_name}
+                    shape = [
+                        None if a in info["axes"] else n for a, n in enumerate(values.shape[1:])
+                    ]
+                    meta["arrays"][array_key] = {**info, "dtype": dtype_name, "shape": shape}
                     pieces.setdefault(array_key, []).append(values)
             bar.update(1)
         return {
