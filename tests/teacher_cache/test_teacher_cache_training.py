@@ -246,7 +246,7 @@ def test_a_layer_the_cache_does_not_store_fails_with_the_stored_layers(tmp_path)
         teacher, simple_adaptor, data, tmp_path / "cache", stored, progress_bar=False
     )
     other = textbrewer.DistillationConfig(intermediate_matches=[dict(MATCHES[0], layer_T=2)])
-    dataset = CachedTeacherDataset(data, cache, None)  # None: the config is not checked up front
+    dataset = CachedTeacherDataset(data, cache)  # no config: it is not checked up front
     distiller = general(tmp_path, "run", other, teacher, student)
     with pytest.raises(IndexError, match=r"'hidden' layer 2 is not in the teacher cache .*\[3\]"):
         distiller.train(

@@ -23,19 +23,22 @@ class CachedExample(NamedTuple):
 class CachedTeacherDataset(Dataset):
     """Wraps the dataset a teacher cache was made from, so batches carry the stored outputs.
 
-    Item ``i`` is ``CachedExample(i, dataset[i])``; the collate function from ``collate()``
-    builds the batch with your collate function and adds the cached teacher results of those
-    indices under ``'teacher_cache'`` (SPEC §3): every distiller then uses them as the teacher
-    adaptor's result and runs no teacher. Any sampler works (shuffling,
+    Item ``i`` is ``CachedExample(i, dataset[i])``; the collate function ``collate_fn`` (or one
+    from ``collate()``) builds the batch with your collate function and adds the cached teacher
+    results of those indices under ``'teacher_cache'`` (SPEC §3): every distiller then uses them
+    as the teacher adaptor's result and runs no teacher. Any sampler works (shuffling,
     ``DistributedSampler``), since the results are looked up by index.
 
     Args:
         dataset: the same map-style dataset (same order) the cache was made from.
         cache: a ``TeacherCache`` or its folder.
         distill_config: the settings you train with: their matches must read exactly the
-            stored layers (``None`` skips this check; reading a layer that is not stored then
-            fails on the first step).
+            stored layers. Give it: ``None`` (the default) skips this check, and reading a layer
+            that is not stored then fails on the first step.
         dataset_id: compared with the precompute's ``dataset_id`` when given.
+        collate_fn: your collate function, for the ready-made ``self.collate_fn`` (what
+            ``collate(collate_fn, sequence_length)`` returns).
+        sequence_length: as in ``collate``.
 
     Raises:
         ValueError: the cache was made from a dataset of another length, for another match
@@ -52,13 +55,16 @@ class CachedTeacherDataset(Dataset):
         self,
         dataset: Any,
         cache: TeacherCache | str | Path,
-        distill_config: DistillationConfig | None,
+        distill_config: DistillationConfig | None = None,
         *,
         dataset_id: str | None = None,
+        collate_fn: Callable[[list], Any] | None = None,
+        sequence_length: Callable[[Any], int] | None = None,
     ) -> None:
         self.dataset = dataset
         self.cache = cache if isinstance(cache, TeacherCache) else TeacherCache(cache)
         self.cache.check(len(dataset), distill_config, dataset_id)
+        self.collate_fn = self.collate(collate_fn, sequence_length)
 
     def __len__(self) -> int:
         return len(self.dataset)
