@@ -537,6 +537,7 @@ def small_chunks(monkeypatch):
     """Chunks of 7 rows of 50 classes, so 33 rows make 5 chunks, the last one of 5 rows."""
     monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 7 * 50)
     monkeypatch.setattr(losses, "_MIN_CHUNK_ELEMENTS", 7 * 50)
+    monkeypatch.setattr(losses, "_PLAIN_MAX_ELEMENTS", 0)  # the chunked path at any size
     bounds = losses._chunk_bounds(torch.empty(33, 50))
     assert bounds[-1] == (28, 33)
     assert len(bounds) == 5
@@ -604,7 +605,7 @@ def test_teacher_gradient_is_not_computed_when_not_required():
 
 
 @pytest.mark.parametrize(("loss", "kind"), CHUNKED, ids=ids(CHUNKED))
-def test_divergence_saves_only_its_inputs(loss, kind):
+def test_divergence_saves_only_its_inputs(small_chunks, loss, kind):
     g = generator(10)
     S = torch.randn(2, 3, 40, generator=g, requires_grad=True)
     T = torch.randn(2, 3, 40, generator=g)

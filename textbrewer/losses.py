@@ -44,7 +44,10 @@ __all__ = [
     "cos_loss",
     "fsp_loss",
     "hid_mse_loss",
+    "jsd_loss_builder",
+    "kd_bce_loss",
     "kd_ce_loss",
+    "kd_jsd_loss",
     "kd_kl_loss",
     "kd_mse_loss",
     "kd_reverse_kl_loss",
@@ -66,6 +69,11 @@ _PADDING_SCORE = -1e-3
 _CHUNK_ELEMENTS = 1 << 22
 _MIN_CHUNK_ELEMENTS = 1 << 16
 
+# At or below this many elements per input, the KD losses use the plain autograd formula: on
+# small tensors the per-operator cost dominates and the chunked functions' extra operators
+# (recomputation in backward) cost more than the memory they save (benchmarks/bench_losses.py).
+_PLAIN_MAX_ELEMENTS = 1 << 16
+
 
 # -------------------------------------------------------------------------------------------------
 # Small helpers
@@ -77,11 +85,21 @@ def _without_autocast(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., tor
 
     @functools.wraps(loss_fn)
     def wrapper(S, T, *args, **kwargs):
-        first = S if isinstance(S, torch.Tensor) else S[0]
-        with torch.autocast(device_type=first.device.type, enabled=False):
+        device = (S if isinstance(S, torch.Tensor) else S[0]).device.type
+        # Entering the context costs as much as a small operator: skip it when autocast is off.
+        if not _autocast_enabled(device):
+            return loss_fn(S, T, *args, **kwargs)
+        with torch.autocast(device_type=device, enabled=False):
             return loss_fn(S, T, *args, **kwargs)
 
     return wrapper
+
+
+def _autocast_enabled(device: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device)
+    except (TypeError, RuntimeError):  # a device type autocast does not know
+        return False
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -91,11 +109,15 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def _check_same_shape(S: torch.Tensor, T: torch.Tensor, what: str) -> None:
+_PROJECTION_HINT = " (add a projection to the match)"
+
+
+def _check_same_shape(S: torch.Tensor, T: torch.Tensor, what: str, hint: str = "") -> None:
+    """Equal shapes, or a ValueError naming both; ``hint`` says how to fix it where one can."""
     if S.shape != T.shape:
         raise ValueError(
             f"{what}: the student's shape {tuple(S.shape)} differs from the teacher's "
-            f"{tuple(T.shape)}; this loss needs equal shapes (add a projection to the match)"
+            f"{tuple(T.shape)}; this loss needs equal shapes{hint}"
         )
 
 
@@ -343,34 +365,114 @@ def _write_scaled(values: torch.Tensor, temperature: Temperature, out: torch.Ten
         out.copy_(values.div_(temperature))
 
 
+def _logits_row_weight(
+    logits_mask: torch.Tensor | None, logits: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """0/1 weights (rows,) of the rows of 3-D logits a ``logits_mask`` keeps; ``None`` for none.
+
+    A mask has no effect on 2-D logits (as the distillers' row selection). Rows are kept where the
+    mask is nonzero, as ``logits[mask.bool()]`` keeps them; weighting instead of selecting keeps the
+    shapes independent of the mask's values, so a GPU never waits for them.
+    """
+    if logits_mask is None or logits.dim() != 3:
+        return None
+    if not isinstance(logits_mask, torch.Tensor) or logits_mask.shape != logits.shape[:-1]:
+        got = (
+            f"of shape {tuple(logits_mask.shape)}"
+            if isinstance(logits_mask, torch.Tensor)
+            else f"of type {type(logits_mask).__name__}"
+        )
+        raise ValueError(
+            f"logits_mask {got} does not fit logits of shape {tuple(logits.shape)}: expected a "
+            f"(batch, length) mask of shape {tuple(logits.shape[:-1])}, nonzero at the rows to keep"
+        )
+    return (logits_mask != 0).reshape(-1).to(device=logits.device, dtype=dtype)
+
+
+class _KDRows(NamedTuple):
+    """KD inputs as rows: (rows, classes) logits, temperature, row weights and the row count."""
+
+    student: torch.Tensor
+    teacher: torch.Tensor
+    temperature: Temperature  # a number, a 0-dim tensor, or (rows, 1)
+    weight: torch.Tensor | None  # (rows,) 0/1 from logits_mask, or None
+    count: int | torch.Tensor  # rows, or the number of kept rows (a tensor: no sync)
+
+    def mean(self, row_values: torch.Tensor) -> torch.Tensor:
+        """The mean of per-row values over the kept rows."""
+        if self.weight is None:
+            return row_values.mean()
+        return (row_values * self.weight).sum() / self.count
+
+    def small(self) -> bool:
+        """Whether the plain autograd formula pays here (see ``_PLAIN_MAX_ELEMENTS``)."""
+        temperature = self.temperature
+        if isinstance(temperature, torch.Tensor) and temperature.requires_grad:
+            return True  # the temperature gets its gradient from autograd
+        return self.student.numel() <= _PLAIN_MAX_ELEMENTS
+
+
+def _kd_rows(
+    logits_S: torch.Tensor,
+    logits_T: torch.Tensor,
+    temperature: Temperature,
+    logits_mask: torch.Tensor | None,
+) -> _KDRows:
+    _check_same_shape(logits_S, logits_T, "KD logits")
+    dtype = _compute_dtype(logits_S, logits_T)
+    temperature = _row_temperature(temperature, logits_S, dtype)
+    weight = _logits_row_weight(logits_mask, logits_S, dtype)
+    classes = logits_S.size(-1)
+    if isinstance(temperature, torch.Tensor) and temperature.dim() > 0:
+        temperature = temperature.reshape(-1, 1)
+    rows = logits_S.reshape(-1, classes).size(0)
+    return _KDRows(
+        logits_S.reshape(-1, classes),
+        logits_T.reshape(-1, classes),
+        temperature,
+        weight,
+        rows if weight is None else weight.sum(),
+    )
+
+
+def _tempered(logits: torch.Tensor, temperature: Temperature, dtype: torch.dtype) -> torch.Tensor:
+    logits = logits.to(dtype)
+    if isinstance(temperature, torch.Tensor) or temperature != 1:
+        return logits / temperature
+    return logits
+
+
 def _softmax_divergence(
-    scores: torch.Tensor, targets: torch.Tensor, temperature: Temperature, with_entropy: bool
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: Temperature,
+    with_entropy: bool,
+    logits_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over rows of Σ_c p (log p·[with_entropy] - log q); p from targets, q from scores."""
-    _check_same_shape(scores, targets, "KD logits")
-    dtype = _compute_dtype(scores, targets)
-    temperature = _row_temperature(temperature, scores, dtype)
-    classes = scores.size(-1)
-    scores, targets = scores.reshape(-1, classes), targets.reshape(-1, classes)
-    if isinstance(temperature, torch.Tensor):
-        if temperature.requires_grad:
-            return _plain_divergence(scores, targets, temperature.reshape(-1, 1), with_entropy)
-        temperature = temperature.reshape(-1, 1)
+    rows = _kd_rows(scores, targets, temperature, logits_mask)
+    if rows.small():
+        return rows.mean(_plain_divergence_rows(rows, with_entropy))
     total = _SoftmaxDivergenceSum.apply(
-        scores, targets, temperature, None, None, None, with_entropy
+        rows.student, rows.teacher, rows.temperature, None, rows.weight, None, with_entropy
     )
-    return total / scores.size(0)
+    return total / rows.count
 
 
-def _plain_divergence(
-    scores: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor, with_entropy: bool
-) -> torch.Tensor:
-    """The divergence with plain autograd: used when the temperature itself requires grad."""
-    dtype = _compute_dtype(scores, targets)
-    log_q = torch.log_softmax(scores.to(dtype) / temperature, -1)
-    log_p = torch.log_softmax(targets.to(dtype) / temperature, -1)
-    terms = log_p - log_q if with_entropy else -log_q
-    return (torch.softmax(targets.to(dtype) / temperature, -1) * terms).sum(-1).mean()
+def _plain_divergence_rows(rows: _KDRows, with_entropy: bool) -> torch.Tensor:
+    """Per-row divergences with plain autograd, through torch's fused losses.
+
+    ``cross_entropy`` with probability targets is ``-Σ p log_softmax(scores)`` in one operator and
+    ``kl_div`` with a log target is ``Σ p (log p - log q)``: fewer operators than the formula
+    written out, so that small inputs (where each operator's fixed cost dominates) are not slower.
+    """
+    dtype = _compute_dtype(rows.student, rows.teacher)
+    scores = _tempered(rows.student, rows.temperature, dtype)
+    targets = _tempered(rows.teacher, rows.temperature, dtype)
+    if not with_entropy:
+        return F.cross_entropy(scores, torch.softmax(targets, -1), reduction="none")
+    log_q, log_p = torch.log_softmax(scores, -1), torch.log_softmax(targets, -1)
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -434,34 +536,56 @@ class _SquaredErrorSum(torch.autograd.Function):
 # -------------------------------------------------------------------------------------------------
 
 
+def _kd_objective(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Marks a built-in KD loss: the distillers hand it ``logits_mask`` instead of selecting rows.
+
+    (A function registered by a user gets the selected rows, as in TextBrewer 0.2.x.)
+    """
+    loss_fn.supports_logits_mask = True
+    return loss_fn
+
+
+@_kd_objective
 @_without_autocast
 def kd_ce_loss(
-    logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Temperature = 1
+    logits_S: torch.Tensor,
+    logits_T: torch.Tensor,
+    temperature: Temperature = 1,
+    logits_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Soft cross-entropy between the teacher's and the student's tempered distributions.
 
     ``mean_rows( -Σ_c softmax(l_T / T)_c · log_softmax(l_S / T)_c )``, rows being every leading
-    position. Computed in chunks of rows: beyond its inputs it allocates little more than the
-    student's gradient, whatever the vocabulary size.
+    position. Large inputs are computed in chunks of rows: beyond its inputs it allocates little
+    more than the student's gradient, whatever the vocabulary size; small ones (where that does
+    not pay) with the plain formula.
 
     Args:
         logits_S: student logits, (batch, classes) or (batch, length, classes).
         logits_T: teacher logits, same shape.
         temperature: a number, a 0-dim tensor, or one temperature per row, shape
             ``logits_S.shape[:-1]``.
+        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
+            where it is nonzero (the same number as selecting those rows first, without a
+            data-dependent shape); no effect on 2-D logits.
 
     Returns:
         The loss, a 0-dim tensor (float32 for low-precision inputs).
 
     Raises:
-        ValueError: the shapes of the logits differ, or the temperature has another shape.
+        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
+            another shape.
     """
-    return _softmax_divergence(logits_S, logits_T, temperature, with_entropy=False)
+    return _softmax_divergence(logits_S, logits_T, temperature, False, logits_mask)
 
 
+@_kd_objective
 @_without_autocast
 def kd_kl_loss(
-    logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Temperature = 1
+    logits_S: torch.Tensor,
+    logits_T: torch.Tensor,
+    temperature: Temperature = 1,
+    logits_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Forward KL divergence KL(p_T || p_S) of the tempered distributions, mean over rows.
 
@@ -474,19 +598,27 @@ def kd_kl_loss(
         logits_T: teacher logits, same shape.
         temperature: a number, a 0-dim tensor, or one temperature per row, shape
             ``logits_S.shape[:-1]``.
+        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
+            where it is nonzero (the same number as selecting those rows first, without a
+            data-dependent shape); no effect on 2-D logits.
 
     Returns:
         The loss, a 0-dim tensor (float32 for low-precision inputs).
 
     Raises:
-        ValueError: the shapes of the logits differ, or the temperature has another shape.
+        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
+            another shape.
     """
-    return _softmax_divergence(logits_S, logits_T, temperature, with_entropy=True)
+    return _softmax_divergence(logits_S, logits_T, temperature, True, logits_mask)
 
 
+@_kd_objective
 @_without_autocast
 def kd_reverse_kl_loss(
-    logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Temperature = 1
+    logits_S: torch.Tensor,
+    logits_T: torch.Tensor,
+    temperature: Temperature = 1,
+    logits_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reverse KL divergence KL(p_S || p_T) of the tempered distributions, mean over rows.
 
@@ -499,48 +631,279 @@ def kd_reverse_kl_loss(
         logits_T: teacher logits, same shape.
         temperature: a number, a 0-dim tensor, or one temperature per row, shape
             ``logits_S.shape[:-1]``.
+        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
+            where it is nonzero (the same number as selecting those rows first, without a
+            data-dependent shape); no effect on 2-D logits.
 
     Returns:
         The loss, a 0-dim tensor (float32 for low-precision inputs).
 
     Raises:
-        ValueError: the shapes of the logits differ, or the temperature has another shape.
+        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
+            another shape.
     """
-    return _softmax_divergence(logits_T, logits_S, temperature, with_entropy=True)
+    return _softmax_divergence(logits_T, logits_S, temperature, True, logits_mask)
 
 
+@_kd_objective
 @_without_autocast
 def kd_mse_loss(
-    logits_S: torch.Tensor, logits_T: torch.Tensor, temperature: Temperature = 1
+    logits_S: torch.Tensor,
+    logits_T: torch.Tensor,
+    temperature: Temperature = 1,
+    logits_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error of the tempered logits.
 
-    ``mean( (l_S / T - l_T / T)² )`` over every element, computed as ``Σ (l_S - l_T)² / T² / n``
-    without scaled copies of the logits (equal up to float rounding).
+    ``mean( (l_S / T - l_T / T)² )`` over every element (of the kept rows), computed as
+    ``Σ (l_S - l_T)² / T² / n`` without scaled copies of the logits on large inputs (equal up to
+    float rounding).
 
     Args:
         logits_S: student logits, (batch, classes) or (batch, length, classes).
         logits_T: teacher logits, same shape.
         temperature: a number, a 0-dim tensor, or one temperature per row, shape
             ``logits_S.shape[:-1]``.
+        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
+            where it is nonzero (the same number as selecting those rows first, without a
+            data-dependent shape); no effect on 2-D logits.
 
     Returns:
         The loss, a 0-dim tensor (float32 for low-precision inputs).
 
     Raises:
-        ValueError: the shapes of the logits differ, or the temperature has another shape.
+        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
+            another shape.
     """
-    _check_same_shape(logits_S, logits_T, "KD logits")
-    dtype = _compute_dtype(logits_S, logits_T)
-    temperature = _row_temperature(temperature, logits_S, dtype)
-    if not isinstance(temperature, torch.Tensor) or temperature.dim() == 0:
-        # One temperature: Σ (l_S - l_T)² / (n T²), with the memory-lean squared error.
-        total = _SquaredErrorSum.apply(logits_S, logits_T, None, None, None)
-        return total / (logits_S.numel() * temperature**2)
-    if temperature.requires_grad:
-        return F.mse_loss(logits_S.to(dtype) / temperature, logits_T.to(dtype) / temperature)
-    weight = temperature.square().reciprocal()
-    return _SquaredErrorSum.apply(logits_S, logits_T, weight, None, None) / logits_S.numel()
+    rows = _kd_rows(logits_S, logits_T, temperature, logits_mask)
+    classes = rows.student.size(-1)
+    temperature, weight = rows.temperature, rows.weight
+    if rows.small():
+        dtype = _compute_dtype(logits_S, logits_T)
+        if weight is None and not isinstance(temperature, torch.Tensor):
+            return F.mse_loss(rows.student.to(dtype), rows.teacher.to(dtype)) / temperature**2
+        scaled_S = _tempered(rows.student, temperature, dtype)
+        scaled_T = _tempered(rows.teacher, temperature, dtype)
+        return rows.mean(F.mse_loss(scaled_S, scaled_T, reduction="none").mean(-1))
+    # Σ (l_S - l_T)² / T² · w with the memory-lean squared error: no scaled copies of the logits.
+    if isinstance(temperature, torch.Tensor) and temperature.dim() > 0:
+        row_scale = temperature.square().reciprocal()  # (rows, 1)
+        if weight is not None:
+            row_scale = row_scale * weight.unsqueeze(-1)
+        total = _SquaredErrorSum.apply(rows.student, rows.teacher, row_scale, None, None)
+        return total / (rows.count * classes)
+    row_scale = None if weight is None else weight.unsqueeze(-1)
+    total = _SquaredErrorSum.apply(rows.student, rows.teacher, row_scale, None, None)
+    return total / (rows.count * classes * temperature**2)
+
+
+# -------------------------------------------------------------------------------------------------
+# Jensen-Shannon and multi-label KD: per-row formulas, chunked by re-running each chunk in backward
+# -------------------------------------------------------------------------------------------------
+
+
+class _ChunkedRowsSum(torch.autograd.Function):
+    """``Σ_n r_n f(S_n, T_n, τ_n)`` for a per-row formula ``f``, computed in chunks of rows.
+
+    Forward evaluates ``f`` chunk by chunk without a graph; backward re-runs each chunk under
+    autograd and writes its gradient into one preallocated tensor per input that needs one. So
+    only the inputs are saved, and temporaries live for one chunk: the memory of the checkpointed
+    loss is the gradients plus a chunk's worth, whatever ``f`` allocates. Low-precision inputs are
+    upcast chunk by chunk. The gradients are autograd's of the same formula (equal to the plain
+    formula's up to float rounding).
+    """
+
+    @staticmethod
+    def forward(ctx, rows_fn, S, T, temperature, row_weight):
+        is_tensor = isinstance(temperature, torch.Tensor)
+        ctx.save_for_backward(S, T, temperature if is_tensor else None, row_weight)
+        ctx.rows_fn, ctx.temperature = rows_fn, None if is_tensor else temperature
+        dtype = _compute_dtype(S, T)
+        total = S.new_zeros((), dtype=dtype)
+        with torch.autocast(device_type=S.device.type, enabled=False):
+            for start, stop in _chunk_bounds(S):
+                values = rows_fn(
+                    S[start:stop].to(dtype),
+                    T[start:stop].to(dtype),
+                    _slice_rows(temperature, start, stop),
+                )
+                if row_weight is not None:
+                    values = values * row_weight[start:stop]
+                total += values.sum()
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        S, T, temperature, row_weight = ctx.saved_tensors
+        if ctx.temperature is not None:
+            temperature = ctx.temperature
+        needs = ctx.needs_input_grad[1:3]
+        grads = [torch.empty_like(x) if need else None for x, need in zip((S, T), needs)]
+        dtype = _compute_dtype(S, T)
+        with torch.enable_grad(), torch.autocast(device_type=S.device.type, enabled=False):
+            for start, stop in _chunk_bounds(S):
+                pieces = [
+                    x[start:stop].detach().to(dtype).requires_grad_(need)
+                    for x, need in zip((S, T), needs)
+                ]
+                values = ctx.rows_fn(*pieces, _slice_rows(temperature, start, stop))
+                if row_weight is not None:
+                    values = values * row_weight[start:stop]
+                wanted = [piece for piece, need in zip(pieces, needs) if need]
+                chunk_grads = iter(torch.autograd.grad(values.sum(), wanted, grad_output))
+                for grad, need in zip(grads, needs):
+                    if need:
+                        grad[start:stop].copy_(next(chunk_grads))
+        return None, grads[0], grads[1], None, None
+
+
+def _rows_loss(rows_fn: Callable[..., torch.Tensor], rows: _KDRows) -> torch.Tensor:
+    """The mean over kept rows of ``rows_fn``: plainly when small, else chunked."""
+    if rows.small():
+        dtype = _compute_dtype(rows.student, rows.teacher)
+        return rows.mean(rows_fn(rows.student.to(dtype), rows.teacher.to(dtype), rows.temperature))
+    total = _ChunkedRowsSum.apply(
+        rows_fn, rows.student, rows.teacher, rows.temperature, rows.weight
+    )
+    return total / rows.count
+
+
+def _check_beta(beta: float) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1:
+        raise ValueError(
+            f"jsd: `beta`={beta!r} must be a number in [0, 1] (the teacher's share of the "
+            "mixture; 0.5 is the symmetric Jensen-Shannon divergence)"
+        )
+    return float(beta)
+
+
+def _jsd_rows(beta: float) -> Callable[..., torch.Tensor]:
+    """Per-row generalised Jensen-Shannon divergence of the tempered distributions."""
+
+    def rows_fn(student, teacher, temperature):
+        log_q = torch.log_softmax(_tempered(student, temperature, student.dtype), -1)
+        log_p = torch.log_softmax(_tempered(teacher, temperature, teacher.dtype), -1)
+        if beta == 0:  # the limit JSD_beta / beta: KL(p_T || p_S)
+            return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+        if beta == 1:  # the limit JSD_beta / (1 - beta): KL(p_S || p_T)
+            return F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(-1)
+        log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+        teacher_part = F.kl_div(log_m, log_p, reduction="none", log_target=True).sum(-1)
+        student_part = F.kl_div(log_m, log_q, reduction="none", log_target=True).sum(-1)
+        return beta * teacher_part + (1 - beta) * student_part
+
+    return rows_fn
+
+
+@_kd_objective
+@_without_autocast
+def kd_jsd_loss(
+    logits_S: torch.Tensor,
+    logits_T: torch.Tensor,
+    temperature: Temperature = 1,
+    logits_mask: torch.Tensor | None = None,
+    *,
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """Generalised Jensen-Shannon divergence of the tempered distributions, mean over rows.
+
+    With ``p = softmax(l_T / T)``, ``q = softmax(l_S / T)`` and the mixture
+    ``m = beta · p + (1 - beta) · q``, each row contributes
+    ``beta · KL(p || m) + (1 - beta) · KL(q || m)``; ``beta = 0.5`` is the symmetric
+    Jensen-Shannon divergence (bounded by ``log 2``). At the ends of ``beta`` the divergence
+    itself vanishes; there the loss is defined as its first-order limits: ``beta = 0`` gives
+    ``KL(p || q)`` (= ``kd_kl_loss``, the limit of ``JSD_beta / beta``) and ``beta = 1`` gives
+    ``KL(q || p)`` (= ``kd_reverse_kl_loss``, the limit of ``JSD_beta / (1 - beta)``). Large
+    inputs are chunked (only the inputs are saved; backward recomputes a chunk at a time).
+
+    Args:
+        logits_S: student logits, (batch, classes) or (batch, length, classes).
+        logits_T: teacher logits, same shape.
+        temperature: a number, a 0-dim tensor, or one temperature per row, shape
+            ``logits_S.shape[:-1]``.
+        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
+            where it is nonzero; no effect on 2-D logits.
+        beta: the teacher's share of the mixture, in [0, 1] (keyword only; in a config,
+            ``kd_loss_type=['jsd', beta]``).
+
+    Returns:
+        The loss, a 0-dim tensor (float32 for low-precision inputs).
+
+    Raises:
+        ValueError: ``beta`` is not in [0, 1], the shapes of the logits differ, or the
+            temperature or ``logits_mask`` has another shape.
+    """
+    return _rows_loss(
+        _jsd_rows(_check_beta(beta)), _kd_rows(logits_S, logits_T, temperature, logits_mask)
+    )
+
+
+def jsd_loss_builder(beta: float = 0.5) -> Callable[..., torch.Tensor]:
+    """``kd_jsd_loss`` with its mixing coefficient fixed: the builder of ``['jsd', beta]``.
+
+    Args:
+        beta: the teacher's share of the mixture, in [0, 1].
+
+    Returns:
+        ``loss(logits_S, logits_T, temperature=1, logits_mask=None)``.
+
+    Raises:
+        ValueError: ``beta`` is not in [0, 1].
+
+    Example:
+        >>> loss = jsd_loss_builder(0.5)
+        >>> float(loss(torch.tensor([[0.0, 9.0]]), torch.tensor([[9.0, 0.0]]), 0.01))
+        0.693...
+    """
+    bound = functools.partial(kd_jsd_loss, beta=_check_beta(beta))
+    bound.supports_logits_mask = True
+    return bound
+
+
+kd_jsd_loss.builder = jsd_loss_builder
+
+
+def _bce_rows(student, teacher, temperature):
+    """Per-row mean over classes of the binary cross-entropy of tempered sigmoids."""
+    scores = _tempered(student, temperature, student.dtype)
+    targets = torch.sigmoid(_tempered(teacher, temperature, teacher.dtype))
+    # -(y log σ(x) + (1 - y) log(1 - σ(x))) = softplus(x) - y·x, stable for any x.
+    return (F.softplus(scores) - targets * scores).mean(-1)
+
+
+@_kd_objective
+@_without_autocast
+def kd_bce_loss(
+    logits_S: torch.Tensor,
+    logits_T: torch.Tensor,
+    temperature: Temperature = 1,
+    logits_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Multi-label KD: binary cross-entropy of per-class sigmoid probabilities.
+
+    Each class is its own yes/no question: with ``y = sigmoid(l_T / T)`` and ``x = l_S / T``,
+    ``mean over rows and classes of -(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)))``. Use it
+    for multi-label classifiers (trained with ``BCEWithLogitsLoss``), where the softmax of the
+    other KD losses would make the classes compete. Large inputs are chunked like ``kd_jsd_loss``.
+
+    Args:
+        logits_S: student logits, (batch, classes) or (batch, length, classes).
+        logits_T: teacher logits, same shape.
+        temperature: a number, a 0-dim tensor, or one temperature per row, shape
+            ``logits_S.shape[:-1]``.
+        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
+            where it is nonzero (the same number as selecting those rows first, without a
+            data-dependent shape); no effect on 2-D logits.
+
+    Returns:
+        The loss, a 0-dim tensor (float32 for low-precision inputs).
+
+    Raises:
+        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
+            another shape.
+    """
+    return _rows_loss(_bce_rows, _kd_rows(logits_S, logits_T, temperature, logits_mask))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -689,7 +1052,7 @@ def hid_mse_loss(
     Raises:
         ValueError: the shapes differ, or the mask does not fit the hidden states.
     """
-    _check_same_shape(S, T, "hidden_mse")
+    _check_same_shape(S, T, "hidden_mse", _PROJECTION_HINT)
     if mask is None:
         return _SquaredErrorSum.apply(S, T, None, None, None) / S.numel()
     _check_position_mask(mask, S.shape[:-1], "hidden_mse")
@@ -716,7 +1079,7 @@ def cos_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None)
     Raises:
         ValueError: the shapes differ, or the mask does not fit the hidden states.
     """
-    _check_same_shape(S, T, "cos")
+    _check_same_shape(S, T, "cos", _PROJECTION_HINT)
     dtype = _compute_dtype(S, T)
     S, T = S.to(dtype), T.to(dtype)
     # Written out rather than F.cosine_similarity, which is ~2.5x slower forward+backward on CPU;
@@ -748,7 +1111,7 @@ def pkd_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None)
     Raises:
         ValueError: the shapes differ.
     """
-    _check_same_shape(S, T, "pkd")
+    _check_same_shape(S, T, "pkd", _PROJECTION_HINT)
     if S.dim() == 3:
         S, T = S[:, 0], T[:, 0]
     dtype = _compute_dtype(S, T)
@@ -790,8 +1153,8 @@ def fsp_loss(
         ValueError: S or T is not a pair, shapes differ, or the mask does not fit.
     """
     (S0, S1), (T0, T1) = _pair(S, "fsp: S"), _pair(T, "fsp: T")
-    _check_same_shape(S0, T0, "fsp (first layer)")
-    _check_same_shape(S1, T1, "fsp (second layer)")
+    _check_same_shape(S0, T0, "fsp (first layer)", _PROJECTION_HINT)
+    _check_same_shape(S1, T1, "fsp (second layer)", _PROJECTION_HINT)
     dtype = _compute_dtype(S0, S1, T0, T1)
     return F.mse_loss(_fsp_matrix(S0, S1, mask, dtype), _fsp_matrix(T0, T1, mask, dtype))
 
