@@ -11,7 +11,7 @@ import textbrewer
 from textbrewer import presets, projections, schedulers
 
 SPEC_KEYS = {
-    "KD_LOSS_MAP": {"ce", "mse", "kl", "reverse_kl"},
+    "KD_LOSS_MAP": {"ce", "mse", "kl", "reverse_kl", "jsd", "bce"},
     "MATCH_LOSS_MAP": {
         "attention_mse_sum",
         "attention_mse",
