@@ -110,6 +110,11 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 _PROJECTION_HINT = " (add a projection to the match)"
+# Attention maps compare position by position: no projection applies to them.
+_HEADS_HINT = (
+    "; for different head counts use 'attention_mse_sum' or 'attention_ce_mean', which reduce "
+    "the heads first"
+)
 
 
 def _check_same_shape(S: torch.Tensor, T: torch.Tensor, what: str, hint: str = "") -> None:
@@ -932,7 +937,7 @@ def att_mse_loss(
     Raises:
         ValueError: the shapes differ, or the mask does not fit the scores.
     """
-    _check_same_shape(S, T, "attention_mse")
+    _check_same_shape(S, T, "attention_mse", _HEADS_HINT)
     if mask is None:
         return _SquaredErrorSum.apply(S, T, None, None, _PADDING_SCORE) / S.numel()
     m, m_q, m_k, heads = _attention_mask(mask, S, _compute_dtype(S, T))
@@ -952,19 +957,21 @@ def att_mse_sum_loss(
 
     Args:
         S: student scores, (batch, heads, length, length) or (batch, length, length).
-        T: teacher scores, same shape.
+        T: teacher scores, the same shape but for the head count, which may differ.
         mask: optional (batch, length) of 0/1 (bool, int or float).
 
     Returns:
         The loss, a 0-dim tensor.
 
     Raises:
-        ValueError: the shapes differ, or the mask does not fit the scores.
+        ValueError: the shapes differ once the heads are summed, or the mask does not fit.
     """
-    _check_same_shape(S, T, "attention_mse_sum")
-    if S.dim() == 4:
-        dtype = _compute_dtype(S, T)
-        S, T = S.sum(1, dtype=dtype), T.sum(1, dtype=dtype)
+    # Heads are summed before the shapes are compared: teacher and student may have different
+    # head counts (as in TextBrewer 0.2.x).
+    dtype = _compute_dtype(S, T)
+    S = S.sum(1, dtype=dtype) if S.dim() == 4 else S
+    T = T.sum(1, dtype=dtype) if T.dim() == 4 else T
+    _check_same_shape(S, T, "attention_mse_sum (after summing the heads)")
     return att_mse_loss(S, T, mask)
 
 
@@ -988,7 +995,7 @@ def att_ce_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = No
     Raises:
         ValueError: the shapes differ, or the mask does not fit the scores.
     """
-    _check_same_shape(S, T, "attention_ce")
+    _check_same_shape(S, T, "attention_ce", _HEADS_HINT)
     if mask is None:
         keys = S.size(-1)
         scores, targets = S.reshape(-1, keys), T.reshape(-1, keys)
@@ -1010,21 +1017,22 @@ def att_ce_mean_loss(
 
     Args:
         S: student scores, (batch, heads, length, length) or (batch, length, length).
-        T: teacher scores, same shape.
+        T: teacher scores, the same shape but for the head count, which may differ.
         mask: optional (batch, length) of 0/1 (bool, int or float).
 
     Returns:
         The loss, a 0-dim tensor.
 
     Raises:
-        ValueError: the shapes differ, or the mask does not fit the scores.
+        ValueError: the shapes differ once the heads are averaged, or the mask does not fit.
     """
-    _check_same_shape(S, T, "attention_ce_mean")
-    if S.dim() == 4:
-        # A sum then a division of the small result, rather than mean(1): the input's gradient is
-        # then a broadcast view instead of a full-size division result.
-        dtype, heads = _compute_dtype(S, T), S.size(1)
-        S, T = S.sum(1, dtype=dtype) / heads, T.sum(1, dtype=dtype) / heads
+    # Heads are averaged before the shapes are compared: teacher and student may have different
+    # head counts (as in TextBrewer 0.2.x). A sum then a division of the small result, rather
+    # than mean(1): the input's gradient is then a broadcast view, not a full-size tensor.
+    dtype = _compute_dtype(S, T)
+    S = S.sum(1, dtype=dtype) / S.size(1) if S.dim() == 4 else S
+    T = T.sum(1, dtype=dtype) / T.size(1) if T.dim() == 4 else T
+    _check_same_shape(S, T, "attention_ce_mean (after averaging the heads)")
     return att_ce_loss(S, T, mask)
 
 
