@@ -73,6 +73,8 @@ _MIN_CHUNK_ELEMENTS = 1 << 16
 # small tensors the per-operator cost dominates and the chunked functions' extra operators
 # (recomputation in backward) cost more than the memory they save (benchmarks/bench_losses.py).
 _PLAIN_MAX_ELEMENTS = 1 << 16
+# The same for the squared errors, whose memory-lean function pays only on larger inputs.
+_PLAIN_MAX_SQUARES = 1 << 20
 
 
 # -------------------------------------------------------------------------------------------------
@@ -100,6 +102,19 @@ def _autocast_enabled(device: str) -> bool:
         return torch.is_autocast_enabled(device)
     except (TypeError, RuntimeError):  # a device type autocast does not know
         return False
+
+
+_FULL_PRECISION = (torch.float32, torch.float64)
+
+
+def _plain_pays(S: torch.Tensor, T: torch.Tensor, limit: int) -> bool:
+    """Whether the plain autograd formula is the better choice for these inputs.
+
+    Up to ``limit`` elements the per-operator cost dominates, and the memory-saving functions'
+    extra operators (recomputation in backward) cost more than the memory they save. Beyond it,
+    full-precision inputs still take the plain path when their caller says it saves only inputs.
+    """
+    return S.numel() <= limit
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -916,6 +931,31 @@ def kd_bce_loss(
 # -------------------------------------------------------------------------------------------------
 
 
+def _plain_att_mse(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``att_mse_loss`` with plain autograd (small inputs; fewer operators than written out)."""
+    dtype = _compute_dtype(S, T)
+    S, T = S.to(dtype), T.to(dtype)
+    if mask is None:
+        return F.mse_loss(
+            torch.where(S <= _PADDING_SCORE, 0.0, S), torch.where(T <= _PADDING_SCORE, 0.0, T)
+        )
+    m, m_q, m_k, heads = _attention_mask(mask, S, dtype)
+    squares = F.mse_loss(S, T, reduction="none")
+    return (squares * (m_q * m_k)).sum() / (m.sum(-1).square().sum() * heads)
+
+
+def _plain_att_ce(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``att_ce_loss`` with plain autograd (small inputs; fewer operators than written out)."""
+    dtype = _compute_dtype(S, T)
+    S, T = S.to(dtype), T.to(dtype)
+    P, log_q = torch.softmax(T, -1), torch.log_softmax(S, -1)
+    if mask is None:
+        P = torch.where(T <= _PADDING_SCORE, 0.0, P)
+        return (P * log_q).sum() / -(S.numel() // max(1, S.size(-1)))
+    m, m_q, m_k, heads = _attention_mask(mask, S, dtype)
+    return (P * log_q * (m_q * m_k)).sum() / -(m.sum() * heads)
+
+
 @_without_autocast
 def att_mse_loss(
     S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
@@ -938,6 +978,8 @@ def att_mse_loss(
         ValueError: the shapes differ, or the mask does not fit the scores.
     """
     _check_same_shape(S, T, "attention_mse", _HEADS_HINT)
+    if _plain_pays(S, T, _PLAIN_MAX_SQUARES):
+        return _plain_att_mse(S, T, mask)
     if mask is None:
         return _SquaredErrorSum.apply(S, T, None, None, _PADDING_SCORE) / S.numel()
     m, m_q, m_k, heads = _attention_mask(mask, S, _compute_dtype(S, T))
@@ -996,6 +1038,8 @@ def att_ce_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = No
         ValueError: the shapes differ, or the mask does not fit the scores.
     """
     _check_same_shape(S, T, "attention_ce", _HEADS_HINT)
+    if _plain_pays(S, T, _PLAIN_MAX_ELEMENTS):
+        return _plain_att_ce(S, T, mask)
     if mask is None:
         keys = S.size(-1)
         scores, targets = S.reshape(-1, keys), T.reshape(-1, keys)
@@ -1062,8 +1106,16 @@ def hid_mse_loss(
     """
     _check_same_shape(S, T, "hidden_mse", _PROJECTION_HINT)
     if mask is None:
+        if S.dtype == T.dtype and S.dtype in _FULL_PRECISION:
+            # mse_loss saves only its inputs and is one fused kernel: nothing to save on.
+            return F.mse_loss(S, T)
         return _SquaredErrorSum.apply(S, T, None, None, None) / S.numel()
     _check_position_mask(mask, S.shape[:-1], "hidden_mse")
+    if _plain_pays(S, T, _PLAIN_MAX_SQUARES):
+        dtype = _compute_dtype(S, T)
+        m = mask.to(device=S.device, dtype=dtype)
+        squares = F.mse_loss(S.to(dtype), T.to(dtype), reduction="none")
+        return (squares * m.unsqueeze(-1)).sum() / (m.sum() * S.size(-1))
     m = mask.to(device=S.device, dtype=_compute_dtype(S, T))
     total = _SquaredErrorSum.apply(S, T, m.unsqueeze(-1), None, None)
     return total / (m.sum() * S.size(-1))
