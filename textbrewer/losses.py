@@ -87,21 +87,22 @@ def _without_autocast(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., tor
 
     @functools.wraps(loss_fn)
     def wrapper(S, T, *args, **kwargs):
-        device = (S if isinstance(S, torch.Tensor) else S[0]).device.type
         # Entering the context costs as much as a small operator: skip it when autocast is off.
-        if not _autocast_enabled(device):
+        if not _any_autocast():
             return loss_fn(S, T, *args, **kwargs)
+        device = (S if isinstance(S, torch.Tensor) else S[0]).device.type
         with torch.autocast(device_type=device, enabled=False):
             return loss_fn(S, T, *args, **kwargs)
 
     return wrapper
 
 
-def _autocast_enabled(device: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device)
-    except (TypeError, RuntimeError):  # a device type autocast does not know
-        return False
+def _any_autocast() -> bool:
+    """Whether autocast is on for any device (one cheap call, no device lookup)."""
+    check = getattr(torch._C, "_is_any_autocast_enabled", None)
+    if check is not None:
+        return check()
+    return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()  # older torch
 
 
 _FULL_PRECISION = (torch.float32, torch.float64)
@@ -119,9 +120,15 @@ def _plain_pays(S: torch.Tensor, T: torch.Tensor, limit: int) -> bool:
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 if any input is float64, else float32 (low-precision inputs compute in float32)."""
-    if any(tensor.dtype == torch.float64 for tensor in tensors):
-        return torch.float64
+    for tensor in tensors:
+        if tensor.dtype is torch.float64:
+            return torch.float64
     return torch.float32
+
+
+def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor.to(dtype)`` without the dispatcher's cost when it already has that dtype."""
+    return tensor if tensor.dtype is dtype else tensor.to(dtype)
 
 
 _PROJECTION_HINT = " (add a projection to the match)"
@@ -456,7 +463,7 @@ def _kd_rows(
 
 
 def _tempered(logits: torch.Tensor, temperature: Temperature, dtype: torch.dtype) -> torch.Tensor:
-    logits = logits.to(dtype)
+    logits = _as(logits, dtype)
     if isinstance(temperature, torch.Tensor) or temperature != 1:
         return logits / temperature
     return logits
@@ -470,6 +477,8 @@ def _softmax_divergence(
     logits_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over rows of Σ_c p (log p·[with_entropy] - log q); p from targets, q from scores."""
+    if _small_and_simple(scores, targets, temperature, logits_mask):
+        return _small_divergence(scores, targets, temperature, with_entropy)
     rows = _kd_rows(scores, targets, temperature, logits_mask)
     if rows.small():
         return rows.mean(_plain_divergence_rows(rows, with_entropy))
@@ -477,6 +486,45 @@ def _softmax_divergence(
         rows.student, rows.teacher, rows.temperature, None, rows.weight, None, with_entropy
     )
     return total / rows.count
+
+
+def _small_and_simple(
+    logits_S: torch.Tensor,
+    logits_T: torch.Tensor,
+    temperature: Temperature,
+    logits_mask: torch.Tensor | None,
+) -> bool:
+    """The common small case: one number as temperature, no mask, equal full-precision inputs."""
+    return (
+        logits_mask is None
+        and not isinstance(temperature, torch.Tensor)
+        and logits_S.numel() <= _PLAIN_MAX_ELEMENTS
+        and logits_S.shape == logits_T.shape
+        and logits_S.dtype == logits_T.dtype
+        and logits_S.dtype in _FULL_PRECISION
+    )
+
+
+def _small_divergence(
+    scores: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
+) -> torch.Tensor:
+    """The divergence in as few operators as autograd allows (each costs more than its math here).
+
+    A sum divided by the row count instead of a per-row sum then a mean, and ``kl_div`` for the
+    entropy term: equal to the written-out formula up to float rounding.
+    """
+    rows = scores.numel() // max(1, scores.size(-1))
+    # Nested calls rather than named temporaries: each intermediate is freed as soon as it is used.
+    if not with_entropy:
+        p = torch.softmax(_divided(targets, temperature), -1)
+        return (p * torch.log_softmax(_divided(scores, temperature), -1)).sum() / -rows
+    log_p = torch.log_softmax(_divided(targets, temperature), -1)
+    log_q = torch.log_softmax(_divided(scores, temperature), -1)
+    return F.kl_div(log_q, log_p, reduction="sum", log_target=True) / rows
+
+
+def _divided(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits if temperature == 1 else logits / temperature
 
 
 def _plain_divergence_rows(rows: _KDRows, with_entropy: bool) -> torch.Tensor:
@@ -505,7 +553,7 @@ def _difference(student: torch.Tensor, teacher: torch.Tensor, floor: float | Non
     dtype = _compute_dtype(student, teacher)
     if floor is None:
         return student.to(dtype, copy=True).sub_(teacher)
-    difference = torch.where(student <= floor, 0.0, student.to(dtype))
+    difference = torch.where(student <= floor, 0.0, _as(student, dtype))
     return difference.sub_(torch.where(teacher <= floor, 0.0, teacher))
 
 
@@ -695,13 +743,16 @@ def kd_mse_loss(
         ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
             another shape.
     """
+    if _small_and_simple(logits_S, logits_T, temperature, logits_mask):
+        loss = F.mse_loss(logits_S, logits_T)
+        return loss if temperature == 1 else loss / temperature**2
     rows = _kd_rows(logits_S, logits_T, temperature, logits_mask)
     classes = rows.student.size(-1)
     temperature, weight = rows.temperature, rows.weight
     if rows.small():
         dtype = _compute_dtype(logits_S, logits_T)
         if weight is None and not isinstance(temperature, torch.Tensor):
-            return F.mse_loss(rows.student.to(dtype), rows.teacher.to(dtype)) / temperature**2
+            return F.mse_loss(_as(rows.student, dtype), _as(rows.teacher, dtype)) / temperature**2
         scaled_S = _tempered(rows.student, temperature, dtype)
         scaled_T = _tempered(rows.teacher, temperature, dtype)
         return rows.mean(F.mse_loss(scaled_S, scaled_T, reduction="none").mean(-1))
@@ -743,8 +794,8 @@ class _ChunkedRowsSum(torch.autograd.Function):
         with torch.autocast(device_type=S.device.type, enabled=False):
             for start, stop in _chunk_bounds(S):
                 values = rows_fn(
-                    S[start:stop].to(dtype),
-                    T[start:stop].to(dtype),
+                    _as(S[start:stop], dtype),
+                    _as(T[start:stop], dtype),
                     _slice_rows(temperature, start, stop),
                 )
                 if row_weight is not None:
@@ -782,7 +833,9 @@ def _rows_loss(rows_fn: Callable[..., torch.Tensor], rows: _KDRows) -> torch.Ten
     """The mean over kept rows of ``rows_fn``: plainly when small, else chunked."""
     if rows.small():
         dtype = _compute_dtype(rows.student, rows.teacher)
-        return rows.mean(rows_fn(rows.student.to(dtype), rows.teacher.to(dtype), rows.temperature))
+        return rows.mean(
+            rows_fn(_as(rows.student, dtype), _as(rows.teacher, dtype), rows.temperature)
+        )
     total = _ChunkedRowsSum.apply(
         rows_fn, rows.student, rows.teacher, rows.temperature, rows.weight
     )
@@ -923,6 +976,9 @@ def kd_bce_loss(
         ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
             another shape.
     """
+    if _small_and_simple(logits_S, logits_T, temperature, logits_mask):
+        targets = torch.sigmoid(_divided(logits_T, temperature))
+        return F.binary_cross_entropy_with_logits(_divided(logits_S, temperature), targets)
     return _rows_loss(_bce_rows, _kd_rows(logits_S, logits_T, temperature, logits_mask))
 
 
@@ -934,26 +990,26 @@ def kd_bce_loss(
 def _plain_att_mse(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``att_mse_loss`` with plain autograd (small inputs; fewer operators than written out)."""
     dtype = _compute_dtype(S, T)
-    S, T = S.to(dtype), T.to(dtype)
+    S, T = _as(S, dtype), _as(T, dtype)
     if mask is None:
         return F.mse_loss(
             torch.where(S <= _PADDING_SCORE, 0.0, S), torch.where(T <= _PADDING_SCORE, 0.0, T)
         )
     m, m_q, m_k, heads = _attention_mask(mask, S, dtype)
-    squares = F.mse_loss(S, T, reduction="none")
-    return (squares * (m_q * m_k)).sum() / (m.sum(-1).square().sum() * heads)
+    pairs = m_q * m_k
+    return (F.mse_loss(S, T, reduction="none") * pairs).sum() / (pairs.sum() * heads)
 
 
 def _plain_att_ce(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``att_ce_loss`` with plain autograd (small inputs; fewer operators than written out)."""
     dtype = _compute_dtype(S, T)
-    S, T = S.to(dtype), T.to(dtype)
-    P, log_q = torch.softmax(T, -1), torch.log_softmax(S, -1)
+    S, T = _as(S, dtype), _as(T, dtype)
     if mask is None:
-        P = torch.where(T <= _PADDING_SCORE, 0.0, P)
-        return (P * log_q).sum() / -(S.numel() // max(1, S.size(-1)))
+        P = torch.where(T <= _PADDING_SCORE, 0.0, torch.softmax(T, -1))
+        return (P * torch.log_softmax(S, -1)).sum() / -(S.numel() // max(1, S.size(-1)))
     m, m_q, m_k, heads = _attention_mask(mask, S, dtype)
-    return (P * log_q * (m_q * m_k)).sum() / -(m.sum() * heads)
+    P = torch.softmax(T, -1) * (m_q * m_k)
+    return (P * torch.log_softmax(S, -1)).sum() / -(m.sum() * heads)
 
 
 @_without_autocast
@@ -978,6 +1034,10 @@ def att_mse_loss(
         ValueError: the shapes differ, or the mask does not fit the scores.
     """
     _check_same_shape(S, T, "attention_mse", _HEADS_HINT)
+    return _att_mse(S, T, mask)
+
+
+def _att_mse(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if _plain_pays(S, T, _PLAIN_MAX_SQUARES):
         return _plain_att_mse(S, T, mask)
     if mask is None:
@@ -1014,7 +1074,7 @@ def att_mse_sum_loss(
     S = S.sum(1, dtype=dtype) if S.dim() == 4 else S
     T = T.sum(1, dtype=dtype) if T.dim() == 4 else T
     _check_same_shape(S, T, "attention_mse_sum (after summing the heads)")
-    return att_mse_loss(S, T, mask)
+    return _att_mse(S, T, mask)
 
 
 @_without_autocast
@@ -1038,6 +1098,10 @@ def att_ce_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = No
         ValueError: the shapes differ, or the mask does not fit the scores.
     """
     _check_same_shape(S, T, "attention_ce", _HEADS_HINT)
+    return _att_ce(S, T, mask)
+
+
+def _att_ce(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if _plain_pays(S, T, _PLAIN_MAX_ELEMENTS):
         return _plain_att_ce(S, T, mask)
     if mask is None:
@@ -1077,7 +1141,7 @@ def att_ce_mean_loss(
     S = S.sum(1, dtype=dtype) / S.size(1) if S.dim() == 4 else S
     T = T.sum(1, dtype=dtype) / T.size(1) if T.dim() == 4 else T
     _check_same_shape(S, T, "attention_ce_mean (after averaging the heads)")
-    return att_ce_loss(S, T, mask)
+    return _att_ce(S, T, mask)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -1114,7 +1178,7 @@ def hid_mse_loss(
     if _plain_pays(S, T, _PLAIN_MAX_SQUARES):
         dtype = _compute_dtype(S, T)
         m = mask.to(device=S.device, dtype=dtype)
-        squares = F.mse_loss(S.to(dtype), T.to(dtype), reduction="none")
+        squares = F.mse_loss(_as(S, dtype), _as(T, dtype), reduction="none")
         return (squares * m.unsqueeze(-1)).sum() / (m.sum() * S.size(-1))
     m = mask.to(device=S.device, dtype=_compute_dtype(S, T))
     total = _SquaredErrorSum.apply(S, T, m.unsqueeze(-1), None, None)
@@ -1141,7 +1205,7 @@ def cos_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None)
     """
     _check_same_shape(S, T, "cos", _PROJECTION_HINT)
     dtype = _compute_dtype(S, T)
-    S, T = S.to(dtype), T.to(dtype)
+    S, T = _as(S, dtype), _as(T, dtype)
     # Written out rather than F.cosine_similarity, which is ~2.5x slower forward+backward on CPU;
     # same value: x.y / max(|x| |y|, 1e-8).
     norms = (S.norm(dim=-1) * T.norm(dim=-1)).clamp_min(1e-8)
@@ -1175,7 +1239,7 @@ def pkd_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None)
     if S.dim() == 3:
         S, T = S[:, 0], T[:, 0]
     dtype = _compute_dtype(S, T)
-    s, t = F.normalize(S.to(dtype), dim=-1), F.normalize(T.to(dtype), dim=-1)
+    s, t = F.normalize(_as(S, dtype), dim=-1), F.normalize(_as(T, dtype), dim=-1)
     return (s - t).square().sum(-1).mean()
 
 
@@ -1183,7 +1247,7 @@ def _fsp_matrix(
     first: torch.Tensor, second: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype
 ) -> torch.Tensor:
     """``first^T second / L`` per example, (batch, D0, D1); with a mask, masked rows and Σm."""
-    first, second = first.to(dtype), second.to(dtype)
+    first, second = _as(first, dtype), _as(second, dtype)
     if mask is None:
         return first.transpose(1, 2) @ second / first.size(1)
     _check_position_mask(mask, first.shape[:2], "fsp")
@@ -1216,6 +1280,11 @@ def fsp_loss(
     _check_same_shape(S0, T0, "fsp (first layer)", _PROJECTION_HINT)
     _check_same_shape(S1, T1, "fsp (second layer)", _PROJECTION_HINT)
     dtype = _compute_dtype(S0, S1, T0, T1)
+    if mask is None:
+        # One division of the loss by L² instead of one per matrix (equal up to rounding).
+        gram_S = _as(S0, dtype).transpose(1, 2) @ _as(S1, dtype)
+        gram_T = _as(T0, dtype).transpose(1, 2) @ _as(T1, dtype)
+        return F.mse_loss(gram_S, gram_T) / S0.size(1) ** 2
     return F.mse_loss(_fsp_matrix(S0, S1, mask, dtype), _fsp_matrix(T0, T1, mask, dtype))
 
 
@@ -1244,15 +1313,21 @@ def mmd_loss(
     """
     (S0, S1), (T0, T1) = _pair(S, "mmd: S"), _pair(T, "mmd: T")
     dtype = _compute_dtype(S0, S1, T0, T1)
-    S0, S1, T0, T1 = (x.to(dtype) for x in (S0, S1, T0, T1))
-    if mask is None:
-        gram_S = S0 @ S1.transpose(1, 2) / S0.size(-1)
-        gram_T = T0 @ T1.transpose(1, 2) / T0.size(-1)
-        _check_same_shape(gram_S, gram_T, "mmd (similarity matrices)")
-        return F.mse_loss(gram_S, gram_T)
-    gram_S = S0 @ S1.transpose(1, 2) / S0.size(1)
-    gram_T = T0 @ T1.transpose(1, 2) / T0.size(1)
+    S0, S1, T0, T1 = (_as(x, dtype) for x in (S0, S1, T0, T1))
+    # The scale of each side is applied once to the loss where both sides share it (equal up to
+    # rounding, one operator fewer per side).
+    gram_S, gram_T = S0 @ S1.transpose(1, 2), T0 @ T1.transpose(1, 2)
     _check_same_shape(gram_S, gram_T, "mmd (similarity matrices)")
+    if mask is None:
+        hidden_S, hidden_T = S0.size(-1), T0.size(-1)
+        if hidden_S == hidden_T:
+            return F.mse_loss(gram_S, gram_T) / hidden_S**2
+        return F.mse_loss(gram_S / hidden_S, gram_T / hidden_T)
+    length = S0.size(1)
     m, m_q, m_k, _ = _attention_mask(mask, gram_S, dtype)
+    if _plain_pays(gram_S, gram_T, _PLAIN_MAX_SQUARES):
+        pairs = m_q * m_k
+        squares = F.mse_loss(gram_S, gram_T, reduction="none")
+        return (squares * pairs).sum() / (pairs.sum() * length**2)
     total = _SquaredErrorSum.apply(gram_S, gram_T, m_q, m_k, None)
-    return total / m.sum(-1).square().sum()
+    return total / (m.sum(-1).square().sum() * length**2)
