@@ -478,7 +478,7 @@ def _softmax_divergence(
 ) -> torch.Tensor:
     """Mean over rows of Σ_c p (log p·[with_entropy] - log q); p from targets, q from scores."""
     if _small_and_simple(scores, targets, temperature, logits_mask):
-        return _small_divergence(scores, targets, temperature, with_entropy)
+        return _small_divergence(scores, targets, temperature, with_entropy, logits_mask)
     rows = _kd_rows(scores, targets, temperature, logits_mask)
     if rows.small():
         return rows.mean(_plain_divergence_rows(rows, with_entropy))
@@ -494,10 +494,9 @@ def _small_and_simple(
     temperature: Temperature,
     logits_mask: torch.Tensor | None,
 ) -> bool:
-    """The common small case: one number as temperature, no mask, equal full-precision inputs."""
+    """The common small case: one number as temperature, equal full-precision inputs."""
     return (
-        logits_mask is None
-        and not isinstance(temperature, torch.Tensor)
+        not isinstance(temperature, torch.Tensor)
         and logits_S.numel() <= _PLAIN_MAX_ELEMENTS
         and logits_S.shape == logits_T.shape
         and logits_S.dtype == logits_T.dtype
@@ -506,21 +505,37 @@ def _small_and_simple(
 
 
 def _small_divergence(
-    scores: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    logits_mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """The divergence in as few operators as autograd allows (each costs more than its math here).
 
     A sum divided by the row count instead of a per-row sum then a mean, and ``kl_div`` for the
     entropy term: equal to the written-out formula up to float rounding.
     """
-    rows = scores.numel() // max(1, scores.size(-1))
+    weight = _logits_row_weight(logits_mask, scores, scores.dtype)
     # Nested calls rather than named temporaries: each intermediate is freed as soon as it is used.
     if not with_entropy:
         p = torch.softmax(_divided(targets, temperature), -1)
-        return (p * torch.log_softmax(_divided(scores, temperature), -1)).sum() / -rows
-    log_p = torch.log_softmax(_divided(targets, temperature), -1)
-    log_q = torch.log_softmax(_divided(scores, temperature), -1)
-    return F.kl_div(log_q, log_p, reduction="sum", log_target=True) / rows
+        terms = p * torch.log_softmax(_divided(scores, temperature), -1)
+        sign = -1
+    else:
+        log_p = torch.log_softmax(_divided(targets, temperature), -1)
+        log_q = torch.log_softmax(_divided(scores, temperature), -1)
+        if weight is None:
+            return F.kl_div(log_q, log_p, reduction="sum", log_target=True) / _rows(scores)
+        terms = F.kl_div(log_q, log_p, reduction="none", log_target=True)
+        sign = 1
+    if weight is None:
+        return terms.sum() / (sign * _rows(scores))
+    return (terms.sum(-1) * weight.view(scores.shape[:-1])).sum() / (sign * weight.sum())
+
+
+def _rows(logits: torch.Tensor) -> int:
+    return logits.numel() // max(1, logits.size(-1))
 
 
 def _divided(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -744,7 +759,13 @@ def kd_mse_loss(
             another shape.
     """
     if _small_and_simple(logits_S, logits_T, temperature, logits_mask):
-        loss = F.mse_loss(logits_S, logits_T)
+        weight = _logits_row_weight(logits_mask, logits_S, logits_S.dtype)
+        if weight is None:
+            loss = F.mse_loss(logits_S, logits_T)
+        else:
+            squares = F.mse_loss(logits_S, logits_T, reduction="none").sum(-1)
+            rows = weight.view(logits_S.shape[:-1])
+            loss = (squares * rows).sum() / (weight.sum() * logits_S.size(-1))
         return loss if temperature == 1 else loss / temperature**2
     rows = _kd_rows(logits_S, logits_T, temperature, logits_mask)
     classes = rows.student.size(-1)
@@ -976,7 +997,7 @@ def kd_bce_loss(
         ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
             another shape.
     """
-    if _small_and_simple(logits_S, logits_T, temperature, logits_mask):
+    if logits_mask is None and _small_and_simple(logits_S, logits_T, temperature, None):
         targets = torch.sigmoid(_divided(logits_T, temperature))
         return F.binary_cross_entropy_with_logits(_divided(logits_S, temperature), targets)
     return _rows_loss(_bce_rows, _kd_rows(logits_S, logits_T, temperature, logits_mask))
@@ -1249,10 +1270,10 @@ def _fsp_matrix(
     """``first^T second / L`` per example, (batch, D0, D1); with a mask, masked rows and Σm."""
     first, second = _as(first, dtype), _as(second, dtype)
     if mask is None:
-        return first.transpose(1, 2) @ second / first.size(1)
+        return torch.bmm(first.transpose(1, 2), second) / first.size(1)
     _check_position_mask(mask, first.shape[:2], "fsp")
     m = mask.to(device=first.device, dtype=dtype).unsqueeze(-1)
-    return (first * m).transpose(1, 2) @ second / m.sum(1, keepdim=True)
+    return torch.bmm((first * m).transpose(1, 2), second) / m.sum(1, keepdim=True)
 
 
 @_without_autocast
@@ -1282,8 +1303,8 @@ def fsp_loss(
     dtype = _compute_dtype(S0, S1, T0, T1)
     if mask is None:
         # One division of the loss by L² instead of one per matrix (equal up to rounding).
-        gram_S = _as(S0, dtype).transpose(1, 2) @ _as(S1, dtype)
-        gram_T = _as(T0, dtype).transpose(1, 2) @ _as(T1, dtype)
+        gram_S = torch.bmm(_as(S0, dtype).transpose(1, 2), _as(S1, dtype))
+        gram_T = torch.bmm(_as(T0, dtype).transpose(1, 2), _as(T1, dtype))
         return F.mse_loss(gram_S, gram_T) / S0.size(1) ** 2
     return F.mse_loss(_fsp_matrix(S0, S1, mask, dtype), _fsp_matrix(T0, T1, mask, dtype))
 
@@ -1316,7 +1337,7 @@ def mmd_loss(
     S0, S1, T0, T1 = (_as(x, dtype) for x in (S0, S1, T0, T1))
     # The scale of each side is applied once to the loss where both sides share it (equal up to
     # rounding, one operator fewer per side).
-    gram_S, gram_T = S0 @ S1.transpose(1, 2), T0 @ T1.transpose(1, 2)
+    gram_S, gram_T = torch.bmm(S0, S1.transpose(1, 2)), torch.bmm(T0, T1.transpose(1, 2))
     _check_same_shape(gram_S, gram_T, "mmd (similarity matrices)")
     if mask is None:
         hidden_S, hidden_T = S0.size(-1), T0.size(-1)
