@@ -1017,8 +1017,8 @@ def _plain_att_mse(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) 
             torch.where(S <= _PADDING_SCORE, 0.0, S), torch.where(T <= _PADDING_SCORE, 0.0, T)
         )
     m, m_q, m_k, heads = _attention_mask(mask, S, dtype)
-    pairs = m_q * m_k
-    return (F.mse_loss(S, T, reduction="none") * pairs).sum() / (pairs.sum() * heads)
+    squares = F.mse_loss(S, T, reduction="none") * m_q * m_k
+    return squares.sum() / (m.sum(-1).square().sum() * heads)
 
 
 def _plain_att_ce(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -1229,7 +1229,11 @@ def cos_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None)
     S, T = _as(S, dtype), _as(T, dtype)
     # Written out rather than F.cosine_similarity, which is ~2.5x slower forward+backward on CPU;
     # same value: x.y / max(|x| |y|, 1e-8).
-    norms = (S.norm(dim=-1) * T.norm(dim=-1)).clamp_min(1e-8)
+    # vector_norm rather than Tensor.norm: its backward keeps no full-size temporary, so the peak
+    # memory is the 0.2.x formula's (cosine_embedding_loss).
+    norms = (torch.linalg.vector_norm(S, dim=-1) * torch.linalg.vector_norm(T, dim=-1)).clamp_min(
+        1e-8
+    )
     distances = 1 - (S * T).sum(dim=-1) / norms
     if mask is None:
         return distances.mean()
