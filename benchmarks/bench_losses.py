@@ -314,12 +314,19 @@ def profiled_peak(prof) -> int:
     return peak
 
 
-def timed(step, device) -> float:
+def timed(step, device, inner: int = 1) -> float:
+    """Seconds per call of ``step``, over ``inner`` back-to-back calls."""
     synchronize(device)
     start = time.perf_counter()
-    step()
+    for _ in range(inner):
+        step()
     synchronize(device)
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / inner
+
+
+# A timed sample lasts at least this long: small cases repeat their call within one sample, so
+# that timer resolution and scheduler wake-ups do not decide a ratio of 100 µs steps.
+MIN_SAMPLE_SECONDS = 0.02
 
 
 @dataclass
@@ -363,12 +370,14 @@ def measure(case: Case, reps: int, device) -> dict:
     for which in variants:  # the memory runs double as the warm-up of the timed ones
         peak, (value, grads) = peak_memory(fwd_bwd(case, which), device)
         results[which] = {"peak": peak, "value": value, "grads": grads}
+    single = min(timed(fwd_bwd(case, which), device) for which in variants)
+    inner = max(1, min(500, int(MIN_SAMPLE_SECONDS / max(single, 1e-7))))
     times = {which: [] for which in variants}
     for rep in range(reps):
         # Interleaved, the order rotating each repetition: drifts in machine load hit all alike.
         order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
         for which in order:
-            times[which].append(timed(fwd_bwd(case, which), device))
+            times[which].append(timed(fwd_bwd(case, which), device, inner))
     if "v02" not in results:
         results["v02"], times["v02"] = results["plain"], times["plain"]
     ours = results["ours"]

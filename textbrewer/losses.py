@@ -1231,10 +1231,11 @@ def cos_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None)
     # same value: x.y / max(|x| |y|, 1e-8).
     # vector_norm rather than Tensor.norm: its backward keeps no full-size temporary, so the peak
     # memory is the 0.2.x formula's (cosine_embedding_loss).
-    norms = (torch.linalg.vector_norm(S, dim=-1) * torch.linalg.vector_norm(T, dim=-1)).clamp_min(
-        1e-8
-    )
-    distances = 1 - (S * T).sum(dim=-1) / norms
+    # The dot products first: autograd then runs the norms' backward first, and the peak stays
+    # at the gradient plus one full-size temporary.
+    dots = (S * T).sum(dim=-1)
+    norms = torch.linalg.vector_norm(S, dim=-1) * torch.linalg.vector_norm(T, dim=-1)
+    distances = 1 - dots / norms.clamp_min(1e-8)
     if mask is None:
         return distances.mean()
     _check_position_mask(mask, S.shape[:-1], "cos")
