@@ -576,41 +576,70 @@ def _zero_padding_(values: torch.Tensor, source: torch.Tensor, floor: float | No
     return values if floor is None else values.masked_fill_(source <= floor, 0)
 
 
+def _squares_bounds(S: torch.Tensor) -> list[tuple[int, int]]:
+    """``(start, stop)`` pieces of dim 0 for ``_SquaredErrorSum``.
+
+    Full-precision inputs in one piece (fastest); low-precision ones in chunks of rows, so the
+    float32 temporaries stay a fraction of the input instead of a float32 copy of it.
+    """
+    if S.dtype in _FULL_PRECISION or S.dim() == 0 or S.numel() == 0:
+        return [(0, S.size(0) if S.dim() else 1)]
+    return _chunk_bounds(S)
+
+
 class _SquaredErrorSum(torch.autograd.Function):
     """Σ (S' - T')² · row_weight · column_weight, saving only its inputs.
 
     ``S'``, ``T'`` are the inputs with entries ``<= floor`` set to 0 when ``floor`` is set; the
-    weights broadcast against the inputs (which have equal shapes). Forward holds one temporary
-    the size of the input; backward recomputes the difference and turns it, in place, into the
-    gradient ``2 g (S' - T') · weights · [S > floor]`` (negated and masked by T for the teacher).
+    weights broadcast against the inputs (which have equal shapes; a weight's dim 0 is 1 or the
+    inputs'). Forward holds one temporary the size of the input (of a chunk, for low-precision
+    inputs); backward recomputes the difference and turns it, in place, into the gradient
+    ``2 g (S' - T') · weights · [S > floor]`` (negated and masked by T for the teacher).
     """
 
     @staticmethod
     def forward(ctx, S, T, row_weight, column_weight, floor):
         ctx.save_for_backward(S, T, row_weight, column_weight)
         ctx.floor = floor
+        total = None
         with torch.autocast(device_type=S.device.type, enabled=False):
-            squares = _difference(S, T, floor).square_()
-            for weight in (row_weight, column_weight):
-                if weight is not None:
-                    squares.mul_(weight)
-            return squares.sum()
+            for start, stop in _squares_bounds(S):
+                squares = _difference(S[start:stop], T[start:stop], floor).square_()
+                for weight in (row_weight, column_weight):
+                    if weight is not None:
+                        squares.mul_(_slice_rows(weight, start, stop))
+                part = squares.sum()
+                total = part if total is None else total + part
+        return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
         S, T, row_weight, column_weight = ctx.saved_tensors
         need_S, need_T = ctx.needs_input_grad[:2]
-        grad_S = grad_T = None
+        bounds = _squares_bounds(S)
+        whole = len(bounds) == 1
+        grad_S = None if whole or not need_S else torch.empty_like(S)
+        grad_T = None if whole or not need_T else torch.empty_like(T)
         with torch.autocast(device_type=S.device.type, enabled=False):
-            grad = _difference(S, T, ctx.floor).mul_(2 * grad_output)
-            for weight in (row_weight, column_weight):
-                if weight is not None:
-                    grad.mul_(weight)
-            if need_T:
-                grad_T = _zero_padding_(grad.neg(), T, ctx.floor).to(T.dtype)
-            if need_S:
-                grad_S = _zero_padding_(grad, S, ctx.floor).to(S.dtype)
+            for start, stop in bounds:
+                piece_S, piece_T = S[start:stop], T[start:stop]
+                grad = _difference(piece_S, piece_T, ctx.floor).mul_(2 * grad_output)
+                for weight in (row_weight, column_weight):
+                    if weight is not None:
+                        grad.mul_(_slice_rows(weight, start, stop))
+                if need_T:
+                    value_T = _zero_padding_(grad.neg(), piece_T, ctx.floor)
+                    if whole:
+                        grad_T = value_T.to(T.dtype)
+                    else:
+                        grad_T[start:stop].copy_(value_T)
+                if need_S:
+                    value_S = _zero_padding_(grad, piece_S, ctx.floor)
+                    if whole:
+                        grad_S = value_S.to(S.dtype)
+                    else:
+                        grad_S[start:stop].copy_(value_S)
         return grad_S, grad_T, None, None, None
 
 
