@@ -457,6 +457,7 @@ def test_bf16_kd_step_peaks_below_one_and_a_half_float32_logits(kind, path, monk
     ("loss", "shape"),
     [
         (losses.hid_mse_loss, (4, 256, 1000)),
+        (losses.cos_loss, (4, 256, 1000)),
         (losses.att_mse_loss, (16, 2, 128, 128)),
         (losses.att_ce_loss, (16, 2, 128, 128)),
     ],

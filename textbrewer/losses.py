@@ -1255,21 +1255,34 @@ def cos_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None)
     """
     _check_same_shape(S, T, "cos", _PROJECTION_HINT)
     dtype = _compute_dtype(S, T)
-    S, T = _as(S, dtype), _as(T, dtype)
-    # Written out rather than F.cosine_similarity, which is ~2.5x slower forward+backward on CPU;
-    # same value: x.y / max(|x| |y|, 1e-8).
-    # vector_norm rather than Tensor.norm: its backward keeps no full-size temporary, so the peak
-    # memory is the 0.2.x formula's (cosine_embedding_loss).
-    # The dot products first: autograd then runs the norms' backward first, and the peak stays
-    # at the gradient plus one full-size temporary.
-    dots = (S * T).sum(dim=-1)
-    norms = torch.linalg.vector_norm(S, dim=-1) * torch.linalg.vector_norm(T, dim=-1)
-    distances = 1 - dots / norms.clamp_min(1e-8)
+    if mask is not None:
+        _check_position_mask(mask, S.shape[:-1], "cos")
+    if S.dtype not in _FULL_PRECISION and S.numel() > _PLAIN_MAX_ELEMENTS:
+        # Low precision: upcast a chunk of rows at a time, not a float32 copy of both inputs.
+        hidden = S.size(-1)
+        weight = None if mask is None else mask.reshape(-1).to(device=S.device, dtype=dtype)
+        total = _ChunkedRowsSum.apply(
+            _cosine_distances, S.reshape(-1, hidden), T.reshape(-1, hidden), 1, weight
+        )
+        return total / (S.numel() // hidden if weight is None else weight.sum())
+    distances = _cosine_distances(_as(S, dtype), _as(T, dtype))
     if mask is None:
         return distances.mean()
-    _check_position_mask(mask, S.shape[:-1], "cos")
     m = mask.to(device=S.device, dtype=dtype)
     return (distances * m).sum() / m.sum()
+
+
+def _cosine_distances(S: torch.Tensor, T: torch.Tensor, temperature: float = 1) -> torch.Tensor:
+    """``1 - cos(S_n, T_n)`` per row, ``cos = x.y / max(|x| |y|, 1e-8)``.
+
+    Written out rather than F.cosine_similarity, which is ~2.5x slower forward+backward on CPU.
+    vector_norm rather than Tensor.norm, and the dot products first (autograd then runs the
+    norms' backward first): the peak is the gradient plus one full-size temporary, the 0.2.x
+    formula's (cosine_embedding_loss). ``temperature`` is unused (the chunked caller's signature).
+    """
+    dots = (S * T).sum(dim=-1)
+    norms = torch.linalg.vector_norm(S, dim=-1) * torch.linalg.vector_norm(T, dim=-1)
+    return 1 - dots / norms.clamp_min(1e-8)
 
 
 @_without_autocast
