@@ -485,3 +485,11 @@ def test_bf16_feature_losses_peak_below_one_and_a_half_float32_inputs(
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         grads(loss(S, T, mask), S)
     assert profiled_peak(prof) <= 1.5 * S.numel() * 4
+
+
+def test_the_formulas_of_the_docs_page_are_checked_against_the_code(path):
+    """docs/kd_objectives.rst includes this script: each formula in float64 against the loss."""
+    import runpy
+
+    snippet = Path(__file__).resolve().parents[1] / "docs" / "snippets" / "kd_objectives.py"
+    runpy.run_path(str(snippet), run_name="__main__")
