@@ -40,6 +40,7 @@ def path(request, monkeypatch):
     if request.param == "chunked":
         monkeypatch.setattr(losses, "_PLAIN_MAX_ELEMENTS", 0)
         monkeypatch.setattr(losses, "_PLAIN_MAX_SQUARES", 0)
+        monkeypatch.setattr(losses, "_PLAIN_MAX_ATTENTION", 0)
         monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 3 * 7)  # 3 rows of 7 classes a chunk
         monkeypatch.setattr(losses, "_MIN_CHUNK_ELEMENTS", 3 * 7)
     return request.param

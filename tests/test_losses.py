@@ -35,6 +35,7 @@ def path(request, monkeypatch):
     if request.param == "memory":
         monkeypatch.setattr(losses, "_PLAIN_MAX_ELEMENTS", 0)
         monkeypatch.setattr(losses, "_PLAIN_MAX_SQUARES", 0)
+        monkeypatch.setattr(losses, "_PLAIN_MAX_ATTENTION", 0)
     return request.param
 
 

@@ -75,6 +75,12 @@ _MIN_CHUNK_ELEMENTS = 1 << 16
 _PLAIN_MAX_ELEMENTS = 1 << 16
 # The same for the squared errors, whose memory-lean function pays only on larger inputs.
 _PLAIN_MAX_SQUARES = 1 << 20
+# Attention softmaxes run over short rows (the keys), where the chunked recomputation costs more
+# time than the plain formula at any size that fits in memory comfortably (1.2-1.9x at
+# (32, 12, 128, 128), benchmarks/README.md); unmasked squared errors likewise (1.5x). Full-
+# precision inputs use the plain formula up to this size (256 MiB in float32), beyond which
+# memory, not time, is the bound; low-precision inputs always upcast chunk by chunk.
+_PLAIN_MAX_ATTENTION = 1 << 26
 
 
 # -------------------------------------------------------------------------------------------------
@@ -1037,6 +1043,12 @@ def kd_bce_loss(
 # -------------------------------------------------------------------------------------------------
 
 
+def _attention_limit(S: torch.Tensor, T: torch.Tensor) -> int:
+    """Up to how many elements an attention loss uses the plain formula (see above)."""
+    full = S.dtype in _FULL_PRECISION and T.dtype in _FULL_PRECISION
+    return _PLAIN_MAX_ATTENTION if full else _PLAIN_MAX_ELEMENTS
+
+
 def _plain_att_mse(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``att_mse_loss`` with plain autograd (small inputs; fewer operators than written out)."""
     dtype = _compute_dtype(S, T)
@@ -1088,7 +1100,10 @@ def att_mse_loss(
 
 
 def _att_mse(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if _plain_pays(S, T, _PLAIN_MAX_SQUARES):
+    # Masked, the memory-lean function is also the faster one above _PLAIN_MAX_SQUARES (it never
+    # builds the masked products); unmasked it pays only where memory is the bound.
+    limit = _PLAIN_MAX_SQUARES if mask is not None else _attention_limit(S, T)
+    if _plain_pays(S, T, limit):
         return _plain_att_mse(S, T, mask)
     if mask is None:
         return _SquaredErrorSum.apply(S, T, None, None, _PADDING_SCORE) / S.numel()
@@ -1152,7 +1167,7 @@ def att_ce_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = No
 
 
 def _att_ce(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if _plain_pays(S, T, _PLAIN_MAX_ELEMENTS):
+    if _plain_pays(S, T, _attention_limit(S, T)):
         return _plain_att_ce(S, T, mask)
     if mask is None:
         keys = S.size(-1)
