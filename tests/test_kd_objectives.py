@@ -494,3 +494,45 @@ def test_the_formulas_of_the_docs_page_are_checked_against_the_code(path):
 
     snippet = Path(__file__).resolve().parents[1] / "docs" / "snippets" / "kd_objectives.py"
     runpy.run_path(str(snippet), run_name="__main__")
+
+
+class Tagger(torch.nn.Module):
+    """(batch, length) ids -> (batch, length, 5) logits."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = torch.nn.Embedding(11, 8)
+        self.out = torch.nn.Linear(8, 5)
+
+    def forward(self, ids, mask):
+        return self.out(self.embed(ids))
+
+
+def test_a_distiller_step_with_logits_mask_selects_no_rows(tmp_path, path):
+    """The training loop with a logits_mask and flsw runs no data-dependent selection."""
+    import textbrewer
+
+    if path == "chunked":
+        pytest.skip("one path is enough: the plain one is what these sizes take")
+    g = torch.Generator().manual_seed(33)
+    batches = []
+    for _ in range(3):
+        ids = torch.randint(0, 11, (4, 6), generator=g)
+        mask = (torch.arange(6) < torch.randint(2, 7, (4, 1), generator=g)).long()
+        batches.append((ids, mask))
+
+    def adaptor(batch, outputs):
+        return {"logits": outputs, "logits_mask": batch[1]}  # the same tensor for both sides
+
+    config = textbrewer.TrainingConfig(
+        device="cpu", output_dir=str(tmp_path), log_every_n_steps=1000, progress_bar=False
+    )
+    distillation = DistillationConfig(temperature_scheduler=["flsw", 1.0, 1.0], kd_loss_type="jsd")
+    student = Tagger(1)
+    distiller = textbrewer.BasicDistiller(
+        config, distillation, Tagger(0), student, adaptor, adaptor
+    )
+    with DataDependentOps() as ops:
+        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, batches, 1)
+    assert [name for name in ops.seen if name != "_local_scalar_dense"] == []
