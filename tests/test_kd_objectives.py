@@ -536,3 +536,40 @@ def test_a_distiller_step_with_logits_mask_selects_no_rows(tmp_path, path):
     with DataDependentOps() as ops:
         distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, batches, 1)
     assert [name for name in ops.seen if name != "_local_scalar_dense"] == []
+
+
+# -------------------------------------------------------------------------------------------------
+# Attention losses: heads reduced before the shape check (0.2.x), no projection suggested
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["no_mask", "mask"])
+def test_head_reducing_attention_losses_accept_different_head_counts(masked):
+    S, T = logits(3, 2, 5, 5, seed=34), logits(3, 4, 5, 5, seed=35, grad=False)
+    mask = MASK if masked else None
+    summed = losses.att_mse_sum_loss(S, T, mask)
+    expected = losses.att_mse_loss(S.sum(1), T.sum(1), mask)
+    torch.testing.assert_close(summed, expected, rtol=1e-13, atol=0)
+    averaged = losses.att_ce_mean_loss(S, T, mask)
+    expected = losses.att_ce_loss(S.mean(1), T.mean(1), mask)
+    torch.testing.assert_close(averaged, expected, rtol=1e-13, atol=0)
+    torch.testing.assert_close(grads(averaged, S)[0], grads(expected, S)[0], rtol=1e-12, atol=0)
+    # A 3-D side is used as it is.
+    three_d = losses.att_mse_sum_loss(S, T.sum(1), mask)
+    torch.testing.assert_close(three_d, summed, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loss", [losses.att_mse_sum_loss, losses.att_ce_mean_loss])
+def test_head_reducing_losses_still_reject_other_shape_differences(loss):
+    with pytest.raises(ValueError, match=r"\(3, 5, 5\).*\(3, 6, 6\)") as error:
+        loss(logits(3, 2, 5, 5), logits(3, 4, 6, 6))
+    assert "proj" not in str(error.value)
+
+
+@pytest.mark.parametrize("loss", [losses.att_mse_loss, losses.att_ce_loss])
+def test_per_head_attention_losses_point_to_the_head_reducing_ones_not_a_projection(loss):
+    with pytest.raises(ValueError, match="attention_mse_sum' or 'attention_ce_mean") as error:
+        loss(logits(3, 2, 5, 5), logits(3, 4, 5, 5))
+    assert "proj" not in str(error.value)
+    assert "(3, 2, 5, 5)" in str(error.value)
+    assert "(3, 4, 5, 5)" in str(error.value)
