@@ -29,6 +29,7 @@ from textbrewer.distillers._batches import (
 )
 from textbrewer.distillers._kd import LossParts
 from textbrewer.training import checkpoint as ckpt
+from textbrewer.training import faults
 from textbrewer.training.arguments import (
     SINGLE_SOURCE,
     CallStyle,
@@ -36,6 +37,7 @@ from textbrewer.training.arguments import (
     check_postprocessors,
     parse_train_call,
 )
+from textbrewer.training.call_checks import check_call
 from textbrewer.training.engine import Engine, unwrap
 from textbrewer.training.plans import CycledLoader, EpochPlan, LoaderPasses, Plan, StepPlan
 from textbrewer.training.run_report import TrainResult
@@ -263,12 +265,17 @@ class AbstractDistiller:
         try:
             with self._wrapped_for_training():
                 self._run(session)
+        except KeyboardInterrupt:
+            faults.report_interrupt(session)  # pending scalars written, how to resume logged
+            raise
         finally:
             session.close()
             self._restore_modes(previous_modes)
         return session.finish()
 
     def _open_session(self, call: TrainCall) -> Session:
+        check_call(call, self._call_style.data_name, unwrap(self.model_S), self.teachers())
+        faults.prepare_output_dir(self.t_config.output_dir, self._engine.is_main)
         plan = self._build_plan(call)
         scheduler = prepare_optimizer(call, self.extra_param_groups())
         session = Session(call, plan, scheduler, self._engine, self.t_config)
@@ -352,6 +359,9 @@ class AbstractDistiller:
         lifecycle.delete_surplus()  # only now that the new files are on disk
 
     def _save_student(self, path: Any) -> None:
+        modules = {"": unwrap(self.model_S)}
+        modules.update({f"extra_modules[{i}]": m for i, m in enumerate(self.extra_modules())})
+        faults.check_finite_weights(modules, path)
         if self._engine.is_main:
             ckpt.atomic_save(unwrap(self.model_S).state_dict(), path)
             logger.info("Saved checkpoint %s", path)

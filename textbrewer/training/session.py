@@ -26,6 +26,7 @@ from textbrewer.training.lifecycle import CheckpointLifecycle, check_continuatio
 from textbrewer.training.loss_log import LossLog
 from textbrewer.training.plans import Plan
 from textbrewer.training.run_report import RunMonitor, TrainResult, log_end_summary, start_facts
+from textbrewer.training.state_parts import OptimizerPart, SchedulerPart
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +95,12 @@ class Session:
         self.resumed_from: Path | None = None
         self.stateful: dict[str, Stateful] = {
             "progress": self.progress,
-            "optimizer": call.optimizer,
+            "optimizer": OptimizerPart(call.optimizer),
             "scaler": engine.scaler,
             "lifecycle": self.lifecycle,
         }
         if scheduler is not None:
-            self.stateful["scheduler"] = scheduler
+            self.stateful["scheduler"] = SchedulerPart(scheduler)
 
     @property
     def optimizer(self) -> Any:
@@ -200,7 +201,7 @@ class Session:
         path = resume_source(resume_from, config.output_dir, config.save_training_state)
         if path is None:
             return
-        state = _upgraded(ckpt.load_state_file(path), set(self.stateful))
+        state = _upgraded(ckpt.load_resumable(path), set(self.stateful))
         saved_step = state["parts"]["progress"]["global_step"]
         check_continuation(state.get("plan"), self.plan.describe(), saved_step, path)
         saved, expected = set(state["parts"]), set(self.stateful)
