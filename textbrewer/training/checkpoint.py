@@ -143,7 +143,7 @@ def load_state_file(path: Path) -> dict[str, Any]:
         with _safe_globals(_numpy_rng_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        refused = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(error))
         if refused:
             raise CorruptStateError(
                 f"the training state {str(path)!r} holds a {refused.group(1)} object, which "
