@@ -225,9 +225,20 @@ class AdaptorChecker:
                 )
 
 
+_NONE_HINTS = {
+    "losses": "a Hugging Face model returns `loss` only when the batch holds `labels`",
+    "logits": "the model returned no logits here",
+}
+
+
 def _as_tensor_list(value: Any, who: str, key: str) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
+    if value is None:
+        raise TypeError(
+            f"{who}: `{key}` is None ({_NONE_HINTS.get(key, 'the model returned none')}); "
+            f"return a tensor, or leave the key out when there is none"
+        )
     if isinstance(value, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in value):
         return list(value)
     raise TypeError(
