@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from textbrewer import presets
+from textbrewer.training.call_errors import add_note, describe_value, is_signature_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -176,12 +177,51 @@ def cached_logits_results(
 
 
 def call_model(model: Callable[..., Any], batch: Any, args: dict[str, Any]) -> Any:
-    """Calls ``model(**batch, **args)`` for a dict batch and ``model(*batch, **args)`` otherwise."""
-    if isinstance(batch, Mapping):
-        return model(**batch, **args)
-    if isinstance(batch, (list, tuple)):
-        return model(*batch, **args)
-    return model(batch, **args)
+    """Calls ``model(**batch, **args)`` for a dict batch and ``model(*batch, **args)`` otherwise.
+
+    Raises:
+        TypeError: the model does not take the batch's keys or items (or ``args``); the
+            message says how the batch is passed and what to change.
+    """
+    try:
+        if isinstance(batch, Mapping):
+            return model(**batch, **args)
+        if isinstance(batch, (list, tuple)):
+            return model(*batch, **args)
+        return model(batch, **args)
+    except TypeError as error:
+        if not is_signature_mismatch(error):
+            raise
+        raise TypeError(
+            f"calling {type(model).__name__} on the batch failed: {error}. A dict batch is passed "
+            "as model(**batch, **args) (each key a keyword argument), a tuple or list as "
+            f"model(*batch, **args); this batch is {describe_value(batch)}, and `args` (the "
+            f"extra keywords of train()) are {sorted(args)}. Drop or rename what the model's "
+            "forward does not take (e.g. in a batch_postprocessor), or give each model its own "
+            "inputs with a {'teacher': ..., 'student': ...} batch"
+        ) from error
+
+
+def call_adaptor(adaptor: Callable[..., Any], batch: Any, outputs: Any, who: str) -> Any:
+    """``adaptor(batch, outputs)``; an error says which adaptor failed and what it was given.
+
+    Raises:
+        TypeError: the adaptor does not take ``(batch, model_outputs)``.
+    """
+    try:
+        return adaptor(batch, outputs)
+    except Exception as error:
+        if is_signature_mismatch(error):
+            raise TypeError(
+                f"{who} is called as {who}(batch, model_outputs), with two arguments, and "
+                f"failed: {error}"
+            ) from error
+        add_note(
+            error,
+            f"(raised in {who}(batch, model_outputs); model_outputs is "
+            f"{describe_value(outputs)}, batch is {describe_value(batch)})",
+        )
+        raise
 
 
 class AdaptorChecker:

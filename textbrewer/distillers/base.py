@@ -19,12 +19,14 @@ import torch
 from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
+from textbrewer.distillers._adaptor_checks import first_batch_checks
 from textbrewer.distillers._batches import (
     AdaptedOutputs,
     AdaptorChecker,
     AdaptorResult,
     Route,
     cached_logits_results,
+    call_adaptor,
     get_outputs_from_batch,
 )
 from textbrewer.distillers._kd import LossParts
@@ -96,6 +98,7 @@ class AbstractDistiller:
         self.model_S = model_S.to(self.device)
         self.adaptor_S = adaptor_S
         self._check_result = AdaptorChecker()
+        self._first_batch_checked = False
         self._saved_modes: list[list[bool]] = []
         self._ddp_modules: list[nn.Module] = []
         self._wrappers: dict[int, nn.Module] = {}
@@ -185,11 +188,14 @@ class AbstractDistiller:
                 self._adapt(adaptor, batch_T, output, name)
                 for adaptor, output, name in zip(route.adaptors_T, outputs, route.names_T)
             ]
-        results_S = self._check_result(route.adaptor_S(batch_S, outputs_S), route.name_S)
+        outputs = call_adaptor(route.adaptor_S, batch_S, outputs_S, route.name_S)
+        results_S = self._check_result(outputs, route.name_S)
         if route.cached_logits is not None:
             results_T = cached_logits_results(route.cached_logits, results_S, self.device)
         if results_T is not None and not route.several:
             results_T = results_T[0]
+        if not self._first_batch_checked and self.d_config is not None:
+            first_batch_checks(self, results_S, results_T)
         return results_S, results_T
 
     def _route(self, batch: Any) -> Route:
@@ -208,7 +214,7 @@ class AbstractDistiller:
     def _adapt(self, adaptor: Any, batch: Any, outputs: Any, name: str) -> AdaptorResult:
         if isinstance(outputs, AdaptedOutputs):  # stored results: the adaptor already ran
             return self._check_result(dict(outputs), name)
-        return self._check_result(adaptor(batch, outputs), name)
+        return self._check_result(call_adaptor(adaptor, batch, outputs, name), name)
 
     # ----------------------------------------------------------------- modes
     def __enter__(self) -> AbstractDistiller:

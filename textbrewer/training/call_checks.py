@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from textbrewer.training.arguments import TrainCall
+from textbrewer.training.call_errors import is_signature_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,15 @@ class _CheckedPostprocessor:
         self.name = name
 
     def __call__(self, batch: Any) -> Any:
-        result = self.postprocessor(batch)
+        try:
+            result = self.postprocessor(batch)
+        except TypeError as error:
+            if is_signature_mismatch(error):
+                raise TypeError(
+                    f"`{self.name}` is called with one argument, the batch read from the data, "
+                    f"and failed: {error}"
+                ) from error
+            raise
         if result is None:
             raise TypeError(
                 f"`{self.name}` returned None for a batch of type {type(batch).__name__}; it "
@@ -202,3 +211,23 @@ def guarded_postprocessors(value: Any) -> Any:
             for task, fn in value.items()
         }
     return value
+
+
+def build_scheduler(scheduler_class: Any, optimizer: Any, scheduler_args: dict | None) -> Any:
+    """``scheduler_class(optimizer=optimizer, **scheduler_args)``, with a clear error.
+
+    Raises:
+        TypeError: the class (or factory) does not take these arguments by these names.
+    """
+    try:
+        return scheduler_class(optimizer=optimizer, **(scheduler_args or {}))
+    except TypeError as error:
+        if not is_signature_mismatch(error):
+            raise
+        name = getattr(scheduler_class, "__name__", repr(scheduler_class))
+        raise TypeError(
+            f"building the LR scheduler as {name}(optimizer=optimizer, **scheduler_args) with "
+            f"scheduler_args={scheduler_args!r} failed: {error}. `scheduler_args` must hold its "
+            "other arguments by name, e.g. {'num_warmup_steps': 100, 'num_training_steps': "
+            "1000} for get_linear_schedule_with_warmup, {'step_size': 10} for StepLR"
+        ) from error

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from textbrewer.configurations import TrainingConfig
 from textbrewer.training import checkpoint as ckpt
 from textbrewer.training.arguments import TrainCall
+from textbrewer.training.call_checks import build_scheduler
 from textbrewer.training.engine import Engine
 from textbrewer.training.evaluation import Evaluation, check_evaluation, report_metrics
 from textbrewer.training.lifecycle import CheckpointLifecycle, check_continuation, resume_source
@@ -267,4 +268,4 @@ def prepare_optimizer(call: TrainCall, extra_groups: list[dict[str, Any]]) -> An
         return call.scheduler
     if call.scheduler is not None:
         logger.warning("both `scheduler` and `scheduler_class` given: scheduler_class is used")
-    return call.scheduler_class(optimizer=call.optimizer, **(call.scheduler_args or {}))
+    return build_scheduler(call.scheduler_class, call.optimizer, call.scheduler_args)
