@@ -310,3 +310,67 @@ def test_an_adaptor_returning_none_for_a_list_key(tmp_path):
     distiller, _, student = distiller_for(tmp_path, adaptor_S=lambda b, o: {"logits": None})
     with pytest.raises(TypeError, match="adaptor_S: `logits` is None"):
         distiller.train(sgd(student), None, make_batches(2), 1)
+
+
+# --------------------------------------------------------------------- more real-job mistakes
+def test_a_scheduler_built_over_another_optimizer(tmp_path):
+    distiller, _, student = distiller_for(tmp_path)
+    other = sgd(student)
+    scheduler = torch.optim.lr_scheduler.StepLR(other, 1)
+    with pytest.raises(
+        ValueError, match=r"`scheduler` \(StepLR\) was built over another optimizer"
+    ):
+        distiller.train(sgd(student), scheduler, make_batches(2), 1)
+
+
+def test_a_frozen_student_with_nothing_else_to_train(tmp_path):
+    distiller, _, student = distiller_for(tmp_path)
+    for parameter in student.parameters():
+        parameter.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"the student \(TinyEncoder\) has no parameter with"):
+        distiller.train(sgd(student), None, make_batches(2), 1)
+
+
+def test_the_student_as_its_own_teacher(tmp_path):
+    _, student = make_models()
+    distiller = textbrewer.BasicDistiller(
+        training_config(tmp_path), textbrewer.DistillationConfig(), student, student,
+        simple_adaptor, simple_adaptor,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"`model_S` is also a teacher.*copy.deepcopy\(teacher\)"):
+        distiller.train(sgd(student), None, make_batches(2), 1)
+
+
+def test_none_batches_from_the_data(tmp_path):
+    distiller, _, student = distiller_for(tmp_path)
+    with pytest.raises(TypeError, match="the micro-batch is None"):
+        distiller.train(sgd(student), None, [None, None], 1)
+
+
+def test_one_dimensional_logits_with_a_softmax_kd_loss(tmp_path):
+    def first_logit(batch, outputs):
+        return {"logits": outputs[0][:, 0]}
+
+    distiller, _, student = distiller_for(tmp_path, adaptor_T=first_logit, adaptor_S=first_logit)
+    with pytest.raises(ValueError, match=r"logits\[0\] has shape \(4,\).*kd_loss_type='mse'"):
+        distiller.train(sgd(student), None, make_batches(2), 1)
+    # The same single output regressed with 'mse' trains (0.2.x did too).
+    distiller, _, student = distiller_for(
+        tmp_path / "mse",
+        textbrewer.DistillationConfig(kd_loss_type="mse"),
+        adaptor_T=first_logit,
+        adaptor_S=first_logit,
+    )
+    head = student.head.weight.clone()
+    distiller.train(sgd(student), None, make_batches(2), 1)
+    assert not torch.equal(head, student.head.weight)
+
+
+def test_single_class_logits_warn_that_kd_teaches_nothing(tmp_path, caplog):
+    def one_class(batch, outputs):
+        return {"logits": outputs[0][:, :1], "losses": outputs[3]}
+
+    distiller, _, student = distiller_for(tmp_path, adaptor_T=one_class, adaptor_S=one_class)
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        distiller.train(sgd(student), None, make_batches(2), 1)
+    assert "its softmax is always 1, so the KD term is 0" in caplog.text

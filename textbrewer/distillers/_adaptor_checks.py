@@ -221,6 +221,7 @@ def check_logits_pairs(results_S: Mapping[str, Any], results_T: Any, kd_loss: An
             continue  # masked rows are compared after selection, by the KD loss
         who_T = "adaptor_T" if len(teachers) == 1 else f"adaptor_T[{position}]"
         for index, (student, teacher) in enumerate(zip(results_S["logits"], result_T["logits"])):
+            _check_class_dimension(student, index, kd_loss)
             if student.shape != teacher.shape:
                 raise ValueError(
                     f"logits[{index}]: adaptor_S returned shape {tuple(student.shape)}, {who_T} "
@@ -230,6 +231,28 @@ def check_logits_pairs(results_S: Mapping[str, Any], results_T: Any, kd_loss: An
                     "num_labels?). For token-level logits of different lengths return "
                     "`logits_mask` from both adaptors"
                 )
+
+
+_SOFTMAX_KD = ("kd_ce_loss", "kd_kl_loss", "kd_reverse_kl_loss")
+
+
+def _check_class_dimension(logits: torch.Tensor, index: int, kd_loss: Any) -> None:
+    # Softmax KD losses normalise over the last dimension: it must be the classes.
+    if getattr(kd_loss, "__name__", "") not in _SOFTMAX_KD:
+        return  # 'mse' regresses any shape, one output included
+    if logits.dim() < 2:
+        raise ValueError(
+            f"logits[{index}] has shape {tuple(logits.shape)}: KD with a softmax over the last "
+            "dimension would spread it over the batch. Return (batch, classes) logits, or "
+            "distil a single output with kd_loss_type='mse'"
+        )
+    if logits.shape[-1] == 1:
+        logger.warning(
+            "logits[%d] has one class (shape %s): its softmax is always 1, so the KD term is 0 "
+            "and teaches nothing; use kd_loss_type='mse' for a single output",
+            index,
+            tuple(logits.shape),
+        )
 
 
 def warn_missing_terms(results_S: Mapping[str, Any], hard_label_weight: Any, log: Any) -> None:

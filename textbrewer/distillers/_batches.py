@@ -116,6 +116,11 @@ def get_outputs_from_batch(
         models returned them.
     """
     args = args or {}
+    if batch is None:
+        raise TypeError(
+            "the micro-batch is None: the data source (e.g. its collate_fn) or the "
+            "batch_postprocessor produced None instead of a batch"
+        )
     raw_T, raw_S, cache = split_batch(batch)
     batch_T = move_to_device(raw_T, device)
     several = isinstance(model_T, (list, tuple))

@@ -280,7 +280,8 @@ class AbstractDistiller:
         return session.finish()
 
     def _open_session(self, call: TrainCall) -> Session:
-        check_call(call, self._call_style.data_name, unwrap(self.model_S), self.teachers())
+        student, teachers, extras = unwrap(self.model_S), self.teachers(), self.extra_modules()
+        check_call(call, self._call_style.data_name, student, teachers, extras)
         faults.prepare_output_dir(self.t_config.output_dir, self._engine.is_main)
         plan = self._build_plan(call)
         scheduler = prepare_optimizer(call, self.extra_param_groups())

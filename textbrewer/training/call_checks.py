@@ -21,7 +21,9 @@ from textbrewer.training.call_errors import is_signature_mismatch
 logger = logging.getLogger(__name__)
 
 
-def check_call(call: TrainCall, data_name: str, student: nn.Module, teachers: list) -> None:
+def check_call(
+    call: TrainCall, data_name: str, student: nn.Module, teachers: list, extras: list | None = None
+) -> None:
     """Checks the data sources, the scheduler slot and the optimizer; guards post-processors.
 
     Args:
@@ -30,14 +32,15 @@ def check_call(call: TrainCall, data_name: str, student: nn.Module, teachers: li
         data_name: ``'dataloader'`` or ``'dataloaders'`` (MultiTask, a dict of sources).
         student: the student, unwrapped.
         teachers: the teachers, to name them when the optimizer holds theirs.
+        extras: the distiller's other trainable modules (projections).
     """
     if data_name == "dataloaders" and isinstance(call.data, Mapping):
         for task, data in call.data.items():
             check_data_source(data, f"dataloaders[{task!r}]")
     elif data_name != "dataloaders":
         check_data_source(call.data, data_name)
-    check_scheduler_slot(call.scheduler)
-    check_optimizer_trains_student(call.optimizer, student, teachers)
+    check_scheduler_slot(call.scheduler, call.optimizer)
+    check_optimizer_trains_student(call.optimizer, student, teachers, extras or [])
     call.batch_postprocessor = guarded_postprocessors(call.batch_postprocessor)
 
 
@@ -117,13 +120,24 @@ def _first_item_is_one_example(dataset: Dataset) -> bool:
     return False
 
 
-def check_scheduler_slot(scheduler: Any) -> None:
-    """Refuses a scheduler class or factory function where a built scheduler goes.
+def check_scheduler_slot(scheduler: Any, optimizer: Any = None) -> None:
+    """Refuses a scheduler class or factory function, or one built over another optimizer.
 
     Raises:
         TypeError: saying to pass ``scheduler_class`` + ``scheduler_args``, or an instance.
+        ValueError: the scheduler schedules another optimizer than the one passed.
     """
     if scheduler is None:
+        return
+    scheduled = getattr(scheduler, "optimizer", None)
+    if isinstance(scheduled, torch.optim.Optimizer) and optimizer is not None:
+        if scheduled is not optimizer:
+            raise ValueError(
+                f"`scheduler` ({type(scheduler).__name__}) was built over another optimizer "
+                f"than the `optimizer` passed to train(), so it would change the learning rate "
+                "of an optimizer that is never stepped; build it over the same one, or pass "
+                "scheduler_class/scheduler_args and let train() build it"
+            )
         return
     if isinstance(scheduler, type) or (callable(scheduler) and not hasattr(scheduler, "step")):
         name = getattr(scheduler, "__name__", repr(scheduler))
@@ -137,18 +151,32 @@ def check_scheduler_slot(scheduler: Any) -> None:
 
 
 def check_optimizer_trains_student(
-    optimizer: torch.optim.Optimizer, student: nn.Module, teachers: list
+    optimizer: torch.optim.Optimizer, student: nn.Module, teachers: list, extras: list
 ) -> None:
     """Refuses an optimizer that holds none of the student's trainable parameters.
 
     Such a run would train nothing (or, with the teacher's parameters, nothing either: they get
-    no gradient). A student with no trainable parameter at all is left alone.
+    no gradient). A frozen student is accepted while something else trains (projections).
 
     Raises:
-        ValueError: naming whose parameters the optimizer holds, and the fix.
+        ValueError: naming whose parameters the optimizer holds, and the fix; or the student
+            being a teacher too; or nothing trainable at all.
     """
+    if any(teacher is student for teacher in teachers):
+        raise ValueError(
+            "`model_S` is also a teacher (`model_T` is the same module): train() keeps the "
+            "teachers in eval mode, so the student would train without dropout, against its own "
+            "outputs. Distil into a separate model, e.g. copy.deepcopy(teacher) for "
+            "self-distillation"
+        )
     trainable = {id(p) for p in student.parameters() if p.requires_grad}
     if not trainable:
+        if not any(p.requires_grad for module in extras for p in module.parameters()):
+            raise ValueError(
+                f"the student ({type(student).__name__}) has no parameter with "
+                "requires_grad=True and nothing else is trained: unfreeze what should train, "
+                "e.g. for p in model_S.parameters(): p.requires_grad_(True)"
+            )
         return
     held = [p for group in optimizer.param_groups for p in group["params"]]
     if any(id(p) in trainable for p in held):
