@@ -226,7 +226,7 @@ def check_logits_pairs(results_S: Mapping[str, Any], results_T: Any, kd_loss: An
         who_T = "adaptor_T" if len(teachers) == 1 else f"adaptor_T[{position}]"
         for index, (student, teacher) in enumerate(zip(results_S["logits"], result_T["logits"])):
             _check_class_dimension(student, index, kd_loss)
-            check_same_classes(index, student, teacher, kd_loss)
+            check_same_classes(index, student, teacher, kd_loss, who_T)
             if student.shape != teacher.shape:
                 raise ValueError(
                     f"logits[{index}]: adaptor_S returned shape {tuple(student.shape)}, {who_T} "

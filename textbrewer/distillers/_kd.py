@@ -226,11 +226,14 @@ class KDLoss:
         return temperature
 
 
-def check_same_classes(index: int, student: Any, teacher: Any, loss: Any) -> None:
+def check_same_classes(
+    index: int, student: Any, teacher: Any, loss: Any, who_T: str = "adaptor_T"
+) -> None:
     """Built-in KD losses compare class by class: both logits need the same number of classes.
 
     Raises:
-        ValueError: naming both sizes (different vocabularies, e.g. different tokenizers).
+        ValueError: naming both shapes and both sizes (different vocabularies, e.g. different
+            tokenizers).
     """
     if getattr(loss, "__module__", None) != "textbrewer.losses":
         return  # a user's loss may map vocabularies itself
@@ -238,7 +241,8 @@ def check_same_classes(index: int, student: Any, teacher: Any, loss: Any) -> Non
         return
     if student.dim() and teacher.dim() and student.shape[-1] != teacher.shape[-1]:
         raise ValueError(
-            f"KD on logits[{index}]: the student's logits have {student.shape[-1]} classes "
+            f"logits[{index}]: adaptor_S returned shape {tuple(student.shape)}, {who_T} "
+            f"{tuple(teacher.shape)}: the student's logits have {student.shape[-1]} classes "
             f"(vocabulary size) and the teacher's {teacher.shape[-1]}; logits-level KD compares "
             "the two distributions class by class, so both need the same classes. A teacher and "
             "a student with different vocabularies (tokenizers) can be matched at the sequence "
