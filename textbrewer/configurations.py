@@ -251,7 +251,8 @@ class TrainingConfig(_Config):
     def _is_main_process(self) -> bool:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank() == 0
-        return self.local_rank <= 0
+        # Under torchrun, before any process group exists, RANK says who is rank 0.
+        return self.local_rank <= 0 and os.environ.get("RANK", "0") == "0"
 
     @property
     def precision(self) -> str:
