@@ -186,9 +186,14 @@ def combine_parts(
         )
     total = None
     for _, loss, weight in parts:
-        term = loss * weight
+        # loss * 1 is loss exactly (and so is its gradient): skip the operator and its backward.
+        term = loss if _is_one(weight) else loss * weight
         total = term if total is None else total + term
     return total, {name: loss for name, loss, _ in parts}
+
+
+def _is_one(weight: Any) -> bool:
+    return type(weight) in (int, float) and weight == 1
 
 
 class DistillationTerms:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from textbrewer._compiling import CompiledForwards, compile_kwargs
 from textbrewer.configurations import DistillationConfig, TrainingConfig
 from textbrewer.distillers._batches import (
     AdaptedOutputs,
@@ -26,6 +27,7 @@ from textbrewer.distillers._batches import (
     Route,
     cached_logits_results,
     get_outputs_from_batch,
+    teacher_adaptor_names,
 )
 from textbrewer.distillers._kd import LossParts
 from textbrewer.training import checkpoint as ckpt
@@ -97,6 +99,8 @@ class AbstractDistiller:
         self._saved_modes: list[list[bool]] = []
         self._ddp_modules: list[nn.Module] = []
         self._wrappers: dict[int, nn.Module] = {}
+        compile_options = compile_kwargs(train_config.torch_compile)
+        self._compiled = None if compile_options is None else CompiledForwards(compile_options)
 
     # ----------------------------------------------------------------- hooks for subclasses
     def teachers(self) -> list[nn.Module]:
@@ -151,6 +155,8 @@ class AbstractDistiller:
             ``(total_loss, parts)`` as ``compute_loss`` returns them. Nothing is stepped.
         """
         results_S, results_T = self.adapted_outputs(batch, args)
+        if not torch.is_autocast_enabled(self.device.type):  # full precision: no context to enter
+            return self.compute_loss(results_S, results_T)
         # Losses run in float32 (the loss helpers cast up): softmax and sums over large
         # dimensions are not accurate in float16/bfloat16.
         with torch.autocast(self.device.type, enabled=False):
@@ -165,17 +171,11 @@ class AbstractDistiller:
         ``adaptor_T``, ``adaptor_S``.
         """
         route = self._route(batch)
-        teachers = list(route.teachers)
-        model_T = (teachers if route.several else teachers[0]) if teachers else None
-        with self._engine.autocast():
-            (batch_T, outputs_T), (batch_S, outputs_S) = get_outputs_from_batch(
-                route.batch,
-                self.device,
-                model_T,
-                self.model_S,
-                args,
-                no_teacher_forward=route.cached_logits is not None,
-            )
+        if self._engine.autocasts:
+            with self._engine.autocast():
+                (batch_T, outputs_T), (batch_S, outputs_S) = self._forwards(route, args)
+        else:  # full precision: no context manager entered per micro-batch
+            (batch_T, outputs_T), (batch_S, outputs_S) = self._forwards(route, args)
         results_T = None
         if outputs_T is not None:
             outputs = outputs_T if route.several else [outputs_T]
@@ -190,6 +190,22 @@ class AbstractDistiller:
             results_T = results_T[0]
         return results_S, results_T
 
+    def _forwards(self, route: Route, args: dict[str, Any]) -> tuple[tuple[Any, Any], ...]:
+        """The teacher and student forwards of ``get_outputs_from_batch`` (compiled if asked)."""
+        teachers, student = list(route.teachers), self.model_S
+        if self._compiled is not None:
+            teachers = [self._compiled.forward_of(teacher) for teacher in teachers]
+            student = self._compiled.forward_of(student)
+        model_T = (teachers if route.several else teachers[0]) if teachers else None
+        return get_outputs_from_batch(
+            route.batch,
+            self.device,
+            model_T,
+            student,
+            args,
+            no_teacher_forward=route.cached_logits is not None,
+        )
+
     def _route(self, batch: Any) -> Route:
         adaptors = self.teacher_adaptors()
         return Route(
@@ -198,9 +214,7 @@ class AbstractDistiller:
             adaptors,
             self.adaptor_S,
             several=len(adaptors) > 1,
-            names_T=[f"adaptor_T[{i}]" for i in range(len(adaptors))]
-            if len(adaptors) > 1
-            else ["adaptor_T"],
+            names_T=teacher_adaptor_names(len(adaptors)),
         )
 
     def _adapt(self, adaptor: Any, batch: Any, outputs: Any, name: str) -> AdaptorResult:
@@ -296,15 +310,20 @@ class AbstractDistiller:
             logger.info("Nothing left to train: the run is at step %d", progress.global_step)
             return
         session.optimizer.zero_grad()
+        model_args, monitor = session.call.model_args, session.monitor
+        # Decided once per call: without DDP no context manager is entered per micro-batch.
+        no_sync = engine.no_sync_factory(self._ddp_modules)
         for micro in plan.micro_batches():
             if micro.starts_epoch:
                 logger.info("Epoch %d/%d", micro.epoch + 1, plan.num_epochs)
                 session.optimizer.zero_grad()
-            with engine.gradient_sync(self._ddp_modules, sync=micro.ends_step):
-                total, parts = self.train_on_batch(micro.batch, session.call.model_args)
-                engine.backward(total)
+            if no_sync is None or micro.ends_step:
+                total, parts = self._forward_backward(micro.batch, model_args)
+            else:  # DDP: accumulate locally, all-reduce only on the step's last micro-batch
+                with no_sync():
+                    total, parts = self._forward_backward(micro.batch, model_args)
             log.record(progress.micro_index, progress.global_step + 1, total, parts)
-            session.monitor.count(micro.batch)
+            monitor.count(micro.batch)
             progress.micro_index += 1
             if not micro.ends_step:
                 continue
@@ -316,6 +335,11 @@ class AbstractDistiller:
             if plan.is_done(progress.global_step) or session.lifecycle.should_stop:
                 break
         log.flush(engine)
+
+    def _forward_backward(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
+        total, parts = self.train_on_batch(batch, args)
+        self._engine.backward(total)
+        return total, parts
 
     def _optimizer_step(self, session: Session) -> None:
         engine, progress, optimizer = self._engine, session.progress, session.optimizer
@@ -412,6 +436,8 @@ class AbstractDistiller:
         try:
             yield
         finally:
+            if self._compiled is not None and self.model_S is not student:
+                self._compiled.release(self.model_S)  # the DDP wrapper dies with this call
             self.model_S = student
             self._wrappers = {}
             self.wrap_extra_modules(extras)

@@ -61,10 +61,10 @@ def batch_size_of(batch: Any) -> int | None:
     """The leading dimension of the first tensor found in ``batch`` (depth first), or ``None``."""
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() > 0 else None
-    if isinstance(batch, Mapping):
-        children = batch.values()
-    elif isinstance(batch, (list, tuple)):
+    if isinstance(batch, (list, tuple)):  # before the (slower) Mapping ABC check
         children = batch
+    elif isinstance(batch, Mapping):
+        children = batch.values()
     elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
         children = (getattr(batch, field.name) for field in dataclasses.fields(batch))
     else:
