@@ -41,7 +41,8 @@ def assert_rows(rows, keys, positive):
 def test_loop_benchmark_runs_and_the_loop_reads_nothing_back_between_logs(load_benchmark):
     bench_loop = load_benchmark("bench_loop")
     rows = bench_loop.run(smoke=True)
-    assert [row["case"] for row in rows] == ["basic_kd", "general_4_matches", "trainer"]
+    assert [row["case"] for row in rows] == list(bench_loop.CASES)
+    assert list(bench_loop.CASES) == ["kd_like_0.2.x", "basic_kd", "general_4_matches", "trainer"]
     assert_rows(
         rows,
         keys=[
@@ -52,6 +53,7 @@ def test_loop_benchmark_runs_and_the_loop_reads_nothing_back_between_logs(load_b
             "library_wall_ms",
             "hand_wall_ms",
             "tiny_overhead_ms",
+            "tiny_ratio",
             "implied_ratio",
             "syncs_per_micro_batch",
             "syncs_per_micro_batch_log_every_1",
@@ -63,6 +65,18 @@ def test_loop_benchmark_runs_and_the_loop_reads_nothing_back_between_logs(load_b
         assert row["syncs_per_micro_batch"] == 0, row
         # With a read-back every step the counter does see it (the instrument works).
         assert row["syncs_per_micro_batch_log_every_1"] > 0, row
+
+
+@pytest.mark.slow
+def test_loop_benchmark_compares_compiled_steps_with_eager(load_benchmark):
+    bench_loop = load_benchmark("bench_loop")
+    rows = bench_loop.run_compiled(smoke=True, backend="aot_eager", cases=["kd_like_0.2.x"])
+    assert [(row["case"], row["backend"]) for row in rows] == [("kd_like_0.2.x", "aot_eager")]
+    assert_rows(
+        rows,
+        keys=["compiled_ms", "eager_ms", "compile_ratio", "tiny_compile_ratio"],
+        positive=["compiled_ms", "eager_ms", "compile_ratio", "tiny_compile_ratio"],
+    )
 
 
 def test_sync_counter_attributes_reads_and_restores_the_tensor_methods(load_benchmark):
