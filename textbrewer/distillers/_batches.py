@@ -221,8 +221,11 @@ class AdaptorChecker:
             )
         normalised = dict(result)
         for key in _LIST_KEYS:
-            if key in normalised:
-                normalised[key] = _as_tensor_list(normalised[key], who, key)
+            value = normalised.get(key)
+            if isinstance(value, torch.Tensor):  # the usual single tensor, without a call
+                normalised[key] = [value]
+            elif value is not None or key in normalised:
+                normalised[key] = _as_tensor_list(value, who, key)
         keys = (who, tuple(normalised))
         if keys not in self._checked_keys:  # an adaptor returns the same keys step after step
             self._warn_unknown(normalised, who)

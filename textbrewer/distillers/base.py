@@ -390,13 +390,22 @@ class AbstractDistiller:
     def _build_plan(self, call: TrainCall) -> Plan:
         check_postprocessors(call.batch_postprocessor)
         if call.num_steps is not None:
-            return self._step_plan(call, CycledLoader(call.data, call.batch_postprocessor))
+            return self._step_plan(
+                call, CycledLoader(call.data, call.batch_postprocessor, self._keeps_rng)
+            )
         if not hasattr(call.data, "__len__"):
             raise TypeError(
                 f"epoch mode needs a `dataloader` with __len__ to place checkpoints; "
                 f"{type(call.data).__name__} has none: train with num_steps=... instead"
             )
-        return self._epoch_plan(call, LoaderPasses(call.data), len(call.data))
+        return self._epoch_plan(
+            call, LoaderPasses(call.data, keep_rng=self._keeps_rng), len(call.data)
+        )
+
+    @property
+    def _keeps_rng(self) -> bool:
+        # Pass-start RNG states matter only to a saved training state.
+        return self.t_config.save_training_state
 
     def _epoch_plan(self, call: TrainCall, source: Any, batches_per_epoch: int) -> EpochPlan:
         config = self.t_config

@@ -98,6 +98,7 @@ class Engine:
             )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.scaling = self.scaler.is_enabled()  # fixed for the engine's life: read it once
+        self.autocasts = self.precision != "fp32"  # whether the forwards run under autocast
         self.accumulation = config.gradient_accumulation_steps
         self.measure_grad_norm = config.writes_train_scalars
         self.last_grad_norm: torch.Tensor | None = None
@@ -106,11 +107,6 @@ class Engine:
     def is_main(self) -> bool:
         """Whether this process logs, shows progress and writes checkpoints (rank 0)."""
         return self.rank == 0
-
-    @property
-    def autocasts(self) -> bool:
-        """Whether the forward passes run under autocast (fp16 or bf16)."""
-        return self.precision != "fp32"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast for the forward passes (a no-op in full precision)."""
@@ -176,7 +172,8 @@ class Engine:
             and the caller must not advance the LR scheduler then.
         """
         if max_grad_norm > 0:
-            self.scaler.unscale_(optimizer)
+            if self.scaling:
+                self.scaler.unscale_(optimizer)
             self.last_grad_norm = torch.nn.utils.clip_grad_norm_(
                 list(clip_parameters), max_grad_norm
             )

@@ -42,7 +42,10 @@ class LossLog:
         # Kept, not read: reading here would sync the device on every micro-batch. Stacking
         # waits for the flush too, which stacks every pending value at once (one operator per
         # flush, not one per micro-batch).
-        values = [_detached(value) for value in (total, *parts.values())]
+        values = [
+            value.detach() if isinstance(value, torch.Tensor) else _detached(value)
+            for value in (total, *parts.values())
+        ]
         self._pending.append((micro_index, global_step, list(parts), values))
 
     def record_step(self, global_step: int, values: dict[str, Any]) -> None:

@@ -131,7 +131,11 @@ class RunMonitor:
         """Adds one micro-batch's samples (its leading dimension)."""
         if not self.counting:
             return
-        size = batch_size_of(batch)
+        first = batch[0] if type(batch) in (tuple, list) and batch else None
+        if isinstance(first, torch.Tensor) and first.dim() > 0:  # the usual (ids, mask, ...)
+            size = first.shape[0]
+        else:
+            size = batch_size_of(batch)
         if size is None:
             # No tensor to count in: report no throughput rather than a wrong one.
             self.counting = False
