@@ -99,6 +99,7 @@ class AbstractDistiller:
         self._saved_modes: list[list[bool]] = []
         self._ddp_modules: list[nn.Module] = []
         self._wrappers: dict[int, nn.Module] = {}
+        self._student_parameters: list[torch.Tensor] = []
         compile_options = compile_kwargs(train_config.torch_compile)
         self._compiled = None if compile_options is None else CompiledForwards(compile_options)
 
@@ -343,9 +344,7 @@ class AbstractDistiller:
 
     def _optimizer_step(self, session: Session) -> None:
         engine, progress, optimizer = self._engine, session.progress, session.optimizer
-        stepped = engine.step(
-            optimizer, unwrap(self.model_S).parameters(), session.call.max_grad_norm
-        )
+        stepped = engine.step(optimizer, self._student_parameters, session.call.max_grad_norm)
         session.record_step(self._step_values)  # the LR and weights this step used
         if stepped and session.scheduler is not None:  # a skipped fp16 step keeps the LR
             session.scheduler.step()
@@ -442,6 +441,7 @@ class AbstractDistiller:
         self._wrappers = {id(module): wrapper for module, wrapper in zip(extras, wrapped)}
         self.wrap_extra_modules(wrapped)
         self._ddp_modules = [self.model_S, *wrapped]
+        self._student_parameters = list(unwrap(student).parameters())  # clipped: listed once
         try:
             yield
         finally:
@@ -451,6 +451,7 @@ class AbstractDistiller:
             self._wrappers = {}
             self.wrap_extra_modules(extras)
             self._ddp_modules = []
+            self._student_parameters = []
 
 
 class _ModuleStates:
