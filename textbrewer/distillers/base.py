@@ -38,7 +38,7 @@ from textbrewer.training.arguments import (
     check_postprocessors,
     parse_train_call,
 )
-from textbrewer.training.engine import Engine, unwrap
+from textbrewer.training.engine import Engine, autocast_enabled, unwrap
 from textbrewer.training.plans import CycledLoader, EpochPlan, LoaderPasses, Plan, StepPlan
 from textbrewer.training.run_report import TrainResult
 from textbrewer.training.session import Session, Stateful, prepare_optimizer
@@ -156,7 +156,7 @@ class AbstractDistiller:
             ``(total_loss, parts)`` as ``compute_loss`` returns them. Nothing is stepped.
         """
         results_S, results_T = self.adapted_outputs(batch, args)
-        if not torch.is_autocast_enabled(self.device.type):  # full precision: no context to enter
+        if not autocast_enabled(self.device.type):  # full precision: no context to enter
             return self.compute_loss(results_S, results_T)
         # Losses run in float32 (the loss helpers cast up): softmax and sums over large
         # dimensions are not accurate in float16/bfloat16.

@@ -208,6 +208,16 @@ class Engine:
         return bool(tensor.item())
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` here (a C call, cheap enough per step)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     # The 2-norm of all gradients together, on the device (no read-back).
     if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: fused per device
