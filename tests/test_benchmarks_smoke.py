@@ -129,3 +129,32 @@ def test_hand_loops_do_exactly_the_arithmetic_of_the_library(load_benchmark):
             trained, by_hand = ours.model.state_dict(), theirs.model.state_dict()
             for key, value in trained.items():
                 assert torch.equal(value, by_hand[key]), (name, key)
+
+
+def test_the_loop_adds_no_operator_per_step_beyond_detaching_the_logged_losses(load_benchmark):
+    # Counted, not timed: the aten operators (forward, backward, optimizer) of N more steps.
+    bench_loop = load_benchmark("bench_loop")
+    models = load_benchmark("_models")
+
+    def operators_per_step(make, steps=2):
+        counts = []
+        for count in (steps, 2 * steps):
+            runner = make()
+            with models.OpCounter() as ops:
+                runner(count)
+            counts.append(ops.count)
+        return (counts[1] - counts[0]) / steps
+
+    with models.SaveTimer():
+        env = bench_loop.make_env(models.SMOKE, tempfile.gettempdir(), batches=2)
+        extra = {
+            name: operators_per_step(lambda: library(env)) - operators_per_step(lambda: hand(env))
+            for name, (library, hand) in bench_loop.CASES.items()
+        }
+    # One detach per logged value at most (total, then each named part); the 0.2.x-style loop's
+    # `total_loss = 0; += kd * 1; / 1` costs operators the library does not spend.
+    logged_values = {"kd_like_0.2.x": 3, "basic_kd": 2, "general_4_matches": 6, "trainer": 1}
+    assert extra.keys() == logged_values.keys()
+    for name, count in logged_values.items():
+        assert extra[name] <= count, (name, extra)
+    assert extra["kd_like_0.2.x"] < 0, extra

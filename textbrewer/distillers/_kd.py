@@ -151,7 +151,9 @@ def sum_of_means(losses: list[torch.Tensor]) -> torch.Tensor:
     """``sum(loss.mean() for loss in losses)``: the hard-label term."""
     total = None
     for loss in losses:
-        mean = to_float32(loss).mean()
+        loss = to_float32(loss)
+        # The mean of a scalar is the scalar, exactly (and so is its gradient): no operator.
+        mean = loss if loss.dim() == 0 else loss.mean()
         total = mean if total is None else total + mean
     return total
 
