@@ -136,10 +136,10 @@ def test_the_loop_adds_no_operator_per_step_beyond_detaching_the_logged_losses(l
     bench_loop = load_benchmark("bench_loop")
     models = load_benchmark("_models")
 
-    def operators_per_step(make, steps=2):
+    def operators_per_step(make, env, steps=2):
         counts = []
         for count in (steps, 2 * steps):
-            runner = make()
+            runner = make(env)
             with models.OpCounter() as ops:
                 runner(count)
             counts.append(ops.count)
@@ -148,7 +148,7 @@ def test_the_loop_adds_no_operator_per_step_beyond_detaching_the_logged_losses(l
     with models.SaveTimer():
         env = bench_loop.make_env(models.SMOKE, tempfile.gettempdir(), batches=2)
         extra = {
-            name: operators_per_step(lambda: library(env)) - operators_per_step(lambda: hand(env))
+            name: operators_per_step(library, env) - operators_per_step(hand, env)
             for name, (library, hand) in bench_loop.CASES.items()
         }
     # One detach per logged value at most (total, then each named part); the 0.2.x-style loop's
