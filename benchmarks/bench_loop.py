@@ -420,10 +420,10 @@ def measure_compiled(name: str, env: Env, tiny: Env, plan: dict, saves: SaveTime
 FULL_PLAN = {
     "steps": 8,
     "reps": 7,
-    "tiny_steps": 20,
-    "tiny_reps": 15,
+    "tiny_steps": 40,
+    "tiny_reps": 31,
     "sync_steps": 4,
-    "compile_tiny_reps": 7,
+    "compile_tiny_reps": 9,
 }
 SMOKE_PLAN = {
     "steps": 2,
