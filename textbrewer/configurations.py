@@ -200,6 +200,8 @@ class TrainingConfig(_Config):
         self.output_dir = os.fspath(self.output_dir)
         if self.log_dir is not None:
             self.log_dir = os.fspath(self.log_dir)
+        if isinstance(self.torch_compile, dict):  # a copy: the caller's dict may change later
+            self.torch_compile = dict(self.torch_compile)
         if self._is_main_process():
             os.makedirs(self.output_dir, exist_ok=True)
 
