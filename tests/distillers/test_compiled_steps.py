@@ -23,6 +23,9 @@ if not dynamo.is_dynamo_supported():
         "torch.compile (dynamo) does not support this Python version", allow_module_level=True
     )
 
+# Importing dynamo imports torch.jit code that warns about its own deprecation; not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+
 AOT = {"backend": "aot_eager"}
 MATCHES = [
     {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
