@@ -48,7 +48,8 @@ def assert_rows(rows, keys, positive):
 def test_loop_benchmark_runs_and_the_loop_reads_nothing_back_between_logs(load_benchmark):
     bench_loop = load_benchmark("bench_loop")
     rows = bench_loop.run(smoke=True)
-    assert [row["case"] for row in rows] == ["basic_kd", "general_4_matches", "trainer"]
+    assert [row["case"] for row in rows] == list(bench_loop.CASES)
+    assert list(bench_loop.CASES) == ["kd_like_0.2.x", "basic_kd", "general_4_matches", "trainer"]
     assert_rows(
         rows,
         keys=[
@@ -59,6 +60,7 @@ def test_loop_benchmark_runs_and_the_loop_reads_nothing_back_between_logs(load_b
             "library_wall_ms",
             "hand_wall_ms",
             "tiny_overhead_ms",
+            "tiny_ratio",
             "implied_ratio",
             "syncs_per_micro_batch",
             "syncs_per_micro_batch_log_every_1",
@@ -70,6 +72,18 @@ def test_loop_benchmark_runs_and_the_loop_reads_nothing_back_between_logs(load_b
         assert row["syncs_per_micro_batch"] == 0, row
         # With a read-back every step the counter does see it (the instrument works).
         assert row["syncs_per_micro_batch_log_every_1"] > 0, row
+
+
+@pytest.mark.slow
+def test_loop_benchmark_compares_compiled_steps_with_eager(load_benchmark):
+    bench_loop = load_benchmark("bench_loop")
+    rows = bench_loop.run_compiled(smoke=True, backend="aot_eager", cases=["kd_like_0.2.x"])
+    assert [(row["case"], row["backend"]) for row in rows] == [("kd_like_0.2.x", "aot_eager")]
+    assert_rows(
+        rows,
+        keys=["compiled_ms", "eager_ms", "compile_ratio", "tiny_compile_ratio"],
+        positive=["compiled_ms", "eager_ms", "compile_ratio", "tiny_compile_ratio"],
+    )
 
 
 def test_sync_counter_attributes_reads_and_restores_the_tensor_methods(load_benchmark):
@@ -153,3 +167,32 @@ def test_hand_loops_do_exactly_the_arithmetic_of_the_library(load_benchmark):
             trained, by_hand = ours.model.state_dict(), theirs.model.state_dict()
             for key, value in trained.items():
                 assert torch.equal(value, by_hand[key]), (name, key)
+
+
+def test_the_loop_adds_no_operator_per_step_beyond_detaching_the_logged_losses(load_benchmark):
+    # Counted, not timed: the aten operators (forward, backward, optimizer) of N more steps.
+    bench_loop = load_benchmark("bench_loop")
+    models = load_benchmark("_models")
+
+    def operators_per_step(make, env, steps=2):
+        counts = []
+        for count in (steps, 2 * steps):
+            runner = make(env)
+            with models.OpCounter() as ops:
+                runner(count)
+            counts.append(ops.count)
+        return (counts[1] - counts[0]) / steps
+
+    with models.SaveTimer():
+        env = bench_loop.make_env(models.SMOKE, tempfile.gettempdir(), batches=2)
+        extra = {
+            name: operators_per_step(library, env) - operators_per_step(hand, env)
+            for name, (library, hand) in bench_loop.CASES.items()
+        }
+    # One detach per logged value at most (total, then each named part); the 0.2.x-style loop's
+    # `total_loss = 0; += kd * 1; / 1` costs operators the library does not spend.
+    logged_values = {"kd_like_0.2.x": 3, "basic_kd": 2, "general_4_matches": 6, "trainer": 1}
+    assert extra.keys() == logged_values.keys()
+    for name, count in logged_values.items():
+        assert extra[name] <= count, (name, extra)
+    assert extra["kd_like_0.2.x"] < 0, extra

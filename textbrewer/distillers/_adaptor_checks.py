@@ -54,8 +54,10 @@ def checked_layers(results: Mapping[str, Any], match: IntermediateMatch, index: 
         ValueError: ``None``, an empty list, or a single layer where the list of layers goes.
         TypeError: a dict whose keys are not layer numbers, or a value of another type.
     """
+    layers = results[match.feature]
+    if type(layers) in (tuple, list) and layers and layers[0] is not None:
+        return layers  # the usual per-layer list, checked without building messages every step
     feature, who = match.feature, f"adaptor_{side}"
-    layers = results[feature]
     where = describe(match, index)
     if layers is None:
         raise ValueError(
@@ -92,7 +94,7 @@ def checked_layers(results: Mapping[str, Any], match: IntermediateMatch, index: 
 
 def has_layer(layers: Any, layer: int) -> bool:
     """Whether ``layers[layer]`` exists (a dict by layer number, or a sequence/stacked tensor)."""
-    if isinstance(layers, Mapping):
+    if type(layers) not in (tuple, list) and isinstance(layers, Mapping):
         return layer in layers
     return -len(layers) <= layer < len(layers)
 

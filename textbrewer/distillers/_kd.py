@@ -328,7 +328,9 @@ def sum_of_means(losses: list[torch.Tensor]) -> torch.Tensor:
     """``sum(loss.mean() for loss in losses)``: the hard-label term."""
     total = None
     for loss in losses:
-        mean = to_float32(loss).mean()
+        loss = to_float32(loss)
+        # The mean of a scalar is the scalar, exactly (and so is its gradient): no operator.
+        mean = loss if loss.dim() == 0 else loss.mean()
         total = mean if total is None else total + mean
     return total
 
@@ -363,9 +365,14 @@ def combine_parts(
         )
     total = None
     for _, loss, weight in parts:
-        term = loss * weight
+        # loss * 1 is loss exactly (and so is its gradient): skip the operator and its backward.
+        term = loss if _is_one(weight) else loss * weight
         total = term if total is None else total + term
     return total, {name: loss for name, loss, _ in parts}
+
+
+def _is_one(weight: Any) -> bool:
+    return type(weight) in (int, float) and weight == 1
 
 
 class DistillationTerms:

@@ -117,13 +117,14 @@ class Session:
             from tensorboardX import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(config.log_dir))
-        bar = tqdm(
-            total=self.plan.total_steps,
-            initial=self.progress.global_step,
-            desc="Training",
-            unit="step",
-            disable=not config.progress_bar,
-        )
+        bar = None
+        if config.progress_bar:  # no bar object at all otherwise: nothing to update per step
+            bar = tqdm(
+                total=self.plan.total_steps,
+                initial=self.progress.global_step,
+                desc="Training",
+                unit="step",
+            )
         self.log = LossLog(writer, bar)
 
     def close(self) -> None:
