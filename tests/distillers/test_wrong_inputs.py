@@ -374,3 +374,32 @@ def test_single_class_logits_warn_that_kd_teaches_nothing(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="textbrewer"):
         distiller.train(sgd(student), None, make_batches(2), 1)
     assert "its softmax is always 1, so the KD term is 0" in caplog.text
+
+
+def test_a_built_scheduler_in_the_scheduler_class_slot(tmp_path):
+    distiller, _, student = distiller_for(tmp_path)
+    optimizer = sgd(student)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    with pytest.raises(TypeError, match=r"this is a built scheduler: pass it as scheduler=\.\.\."):
+        distiller.train(optimizer, make_batches(2), 1, scheduler)  # 0.2.x order: scheduler_class
+
+
+def test_a_projection_whose_dim_out_is_not_the_teachers_size(tmp_path):
+    teacher, student = make_models(teacher_dim=8, student_dim=6)
+    match = {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
+             "proj": ["linear", 6, 12]}  # fmt: skip
+    distiller = textbrewer.GeneralDistiller(
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(intermediate_matches=[match]),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+    )
+    distiller.projs.double()
+    with pytest.raises(ValueError, match="dim_out") as raised:
+        distiller.train(sgd(student), make_batches(2), 1, scheduler_class=None)
+    message = str(raised.value)
+    assert "proj ['linear', 6, 12] projects to dim_out=12" in message
+    assert "the teacher's 'hidden' has size 8 (shape (4, 6, 8))" in message
+    assert "set 'proj': ['linear', 6, 8]" in message

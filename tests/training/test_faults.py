@@ -326,3 +326,15 @@ def test_resuming_a_finished_multi_task_run_takes_no_step_and_writes_nothing(tmp
     assert distiller.train(optimizer, None, loaders, 4, resume_from=True).global_step == 4
     assert steps == []
     assert snapshot(tmp_path / "out") == before
+
+
+def test_resuming_with_another_number_of_processes_warns(tmp_path, caplog):
+    out = run_to_step_6(tmp_path)
+    state = torch.load(out / "gs6.state.pt", weights_only=False)
+    state["ranks"] = state["ranks"] * 2  # as if saved by 2 processes
+    with open(out / "gs6.state.pt", "wb") as handle:
+        torch.save(state, handle)
+    distiller, student = distiller_for(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        train(distiller, sgd(student), num_steps=8, resume_from=True)
+    assert "was saved by 2 process(es), this run has 1" in caplog.text

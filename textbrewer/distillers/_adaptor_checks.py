@@ -152,6 +152,27 @@ def check_projection_input(
         )
 
 
+def check_projection_output(
+    projected: Any, teacher: Any, match: IntermediateMatch, index: int
+) -> None:
+    """A projected student feature must have the teacher's feature size (``proj[2]``).
+
+    Raises:
+        ValueError: naming the match, ``dim_out`` and the teacher's size, where the generic
+            shape message would suggest adding the projection that is already there.
+    """
+    if match.proj is None or not isinstance(projected, torch.Tensor):
+        return
+    if not isinstance(teacher, torch.Tensor) or projected.shape[-1] == teacher.shape[-1]:
+        return
+    kind, dim_in, dim_out, *_ = match.proj
+    raise ValueError(
+        f"{describe(match, index)}: proj {[kind, dim_in, dim_out]} projects to "
+        f"dim_out={dim_out}, but the teacher's {match.feature!r} has size {teacher.shape[-1]} "
+        f"(shape {tuple(teacher.shape)}); set 'proj': [{kind!r}, {dim_in}, {teacher.shape[-1]}]"
+    )
+
+
 def check_inputs_mask(mask: Any, who: str = "adaptor_S") -> None:
     """An ``inputs_mask`` must hold 0/1 (or booleans); reads its values once (call it once).
 

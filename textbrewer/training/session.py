@@ -220,6 +220,15 @@ class Session:
             except Exception as error:
                 add_note(error, f"(while restoring the part {name!r} from {str(path)!r})")
                 raise
+        if len(state["ranks"]) != self.engine.world_size and self.engine.is_main:
+            logger.warning(
+                "%s was saved by %d process(es), this run has %d: each rank resumes from the "
+                "position of rank min(rank, %d), so the data order differs from the saved run's",
+                path,
+                len(state["ranks"]),
+                self.engine.world_size,
+                len(state["ranks"]) - 1,
+            )
         mine = state["ranks"][min(self.engine.rank, len(state["ranks"]) - 1)]
         self.plan.load_state_dict(mine["position"])
         ckpt.restore_rng_state(mine["rng"])  # after repositioning the data, which draws too
