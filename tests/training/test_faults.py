@@ -3,6 +3,7 @@ state files, another optimizer on resume, Ctrl-C, an unwritable output_dir, fini
 
 import logging
 import os
+import shutil
 import stat
 
 import pytest
@@ -338,3 +339,34 @@ def test_resuming_with_another_number_of_processes_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="textbrewer"):
         train(distiller, sgd(student), num_steps=8, resume_from=True)
     assert "was saved by 2 process(es), this run has 1" in caplog.text
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_earlier_one(tmp_path, monkeypatch):
+    target = tmp_path / "gs1.pkl"
+    checkpoint.atomic_save({"w": torch.ones(2)}, target)
+
+    def disk_full(obj, handle):
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        checkpoint.atomic_save({"w": torch.zeros(2)}, target)
+    monkeypatch.undo()
+    if hasattr(raised.value, "add_note"):
+        assert raised.value.__notes__ == [
+            f"(while writing {str(target)!r}; an earlier file there is intact)"
+        ]
+    assert os.listdir(tmp_path) == ["gs1.pkl"]
+    assert torch.equal(torch.load(target)["w"], torch.ones(2))
+
+
+def test_an_output_dir_removed_during_training_is_recreated(tmp_path):
+    distiller, student = distiller_for(tmp_path)
+
+    def remove_output_dir(model, step):
+        if step == 2:  # a teammate "cleans up" after the first checkpoint
+            shutil.rmtree(tmp_path / "out")
+
+    train(distiller, sgd(student), callback=remove_output_dir)
+    assert checkpoint_steps(tmp_path / "out") == [4]
