@@ -112,8 +112,7 @@ def _first_item_is_one_example(dataset: Dataset) -> bool:
         return values.dim() == 0
     if isinstance(values, (list, tuple)) or isinstance(item, Mapping):
         return any(
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
+            (isinstance(value, (int, float)) and not isinstance(value, bool))
             or (isinstance(value, torch.Tensor) and value.dim() == 0)
             for value in values
         )
