@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._adaptor_checks import first_batch_checks
 from textbrewer.distillers._batches import (
     AdaptedOutputs,
     AdaptorChecker,
@@ -29,6 +28,7 @@ from textbrewer.distillers._batches import (
     call_adaptor,
     get_outputs_from_batch,
 )
+from textbrewer.distillers._first_batch_checks import first_batch_checks
 from textbrewer.distillers._kd import LossParts
 from textbrewer.training import checkpoint as ckpt
 from textbrewer.training import faults
