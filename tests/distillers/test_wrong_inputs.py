@@ -83,6 +83,7 @@ def test_a_dataset_of_ready_batches_trains_as_in_0_2_x_with_a_warning(tmp_path, 
         (None, "`dataloader` is None: pass the DataLoader to train()"),
         (torch.zeros(4, 6), r"`dataloader` is a tensor of shape \(4, 6\), not a source of batches"),
         ({"input_ids": torch.zeros(4, 6)}, "iterating it gives its keys, not batches"),
+        ("train.jsonl", "`dataloader`='train.jsonl' is a str, not a source of batches"),
     ],
 )
 def test_other_things_that_are_not_batches(tmp_path, data, message):
