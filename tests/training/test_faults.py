@@ -370,3 +370,21 @@ def test_an_output_dir_removed_during_training_is_recreated(tmp_path):
 
     train(distiller, sgd(student), callback=remove_output_dir)
     assert checkpoint_steps(tmp_path / "out") == [4]
+
+
+def test_a_fresh_run_into_a_directory_with_checkpoints_warns(tmp_path, caplog):
+    distiller, student = distiller_for(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        train(distiller, sgd(student))
+    assert "already holds" not in caplog.text
+    distiller, student = distiller_for(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        train(distiller, sgd(student))
+    assert "already holds 2 checkpoint(s) (gs2.pkl ... gs4.pkl) and this run starts fresh" in (
+        caplog.text
+    )
+    caplog.clear()
+    distiller, student = distiller_for(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        train(distiller, sgd(student), num_steps=6, resume_from="auto")
+    assert "already holds" not in caplog.text

@@ -282,7 +282,8 @@ class AbstractDistiller:
     def _open_session(self, call: TrainCall) -> Session:
         student, teachers, extras = unwrap(self.model_S), self.teachers(), self.extra_modules()
         check_call(call, self._call_style.data_name, student, teachers, extras)
-        faults.prepare_output_dir(self.t_config.output_dir, self._engine.is_main)
+        fresh = call.resume_from is None or call.resume_from is False
+        faults.prepare_output_dir(self.t_config.output_dir, self._engine.is_main, fresh)
         plan = self._build_plan(call)
         scheduler = prepare_optimizer(call, self.extra_param_groups())
         session = Session(call, plan, scheduler, self._engine, self.t_config)
