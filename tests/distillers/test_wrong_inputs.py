@@ -228,6 +228,8 @@ def test_a_misspelt_forward_argument_of_train(tmp_path):
     distiller, _, student = distiller_for(tmp_path)
     with pytest.raises(TypeError, match=r"`args` \(the extra keywords of train\(\)\) are \['outp"):
         distiller.train(sgd(student), None, make_batches(2), 1, output_hidden_state=True)
+    with pytest.raises(TypeError, match="a flag only one model takes belongs in that model's"):
+        distiller.train(sgd(student), None, make_batches(2), 1, output_hidden_state=True)
 
 
 def test_an_adaptor_with_the_wrong_signature(tmp_path):
