@@ -49,7 +49,7 @@ def check_logits_pairs(results_S: Mapping[str, Any], results_T: Any, kd_loss: An
                 )
 
 
-_SOFTMAX_KD = ("kd_ce_loss", "kd_kl_loss", "kd_reverse_kl_loss")
+_SOFTMAX_KD = ("kd_ce_loss", "kd_kl_loss", "kd_reverse_kl_loss", "kd_jsd_loss")
 
 
 def _check_class_dimension(logits: torch.Tensor, index: int, kd_loss: Any) -> None:
@@ -60,12 +60,13 @@ def _check_class_dimension(logits: torch.Tensor, index: int, kd_loss: Any) -> No
         raise ValueError(
             f"logits[{index}] has shape {tuple(logits.shape)}: KD with a softmax over the last "
             "dimension would spread it over the batch. Return (batch, classes) logits, or "
-            "distil a single output with kd_loss_type='mse'"
+            "distil a single output with kd_loss_type='mse' (or 'bce' for a sigmoid output)"
         )
     if logits.shape[-1] == 1:
         logger.warning(
             "logits[%d] has one class (shape %s): its softmax is always 1, so the KD term is 0 "
-            "and teaches nothing; use kd_loss_type='mse' for a single output",
+            "and teaches nothing; use kd_loss_type='mse' (or 'bce' for a sigmoid output) for a "
+            "single output",
             index,
             tuple(logits.shape),
         )
