@@ -103,8 +103,9 @@ class TrainingConfig(_Config):
             ``'O0'`` means full float32, as it did under apex.
         data_parallel: wrap the student (and projections) in ``nn.DataParallel``; prefer DDP.
         local_rank: ``>= 0`` turns on DistributedDataParallel for this process (launch with
-            ``torchrun``, which also sets ``RANK``/``WORLD_SIZE``); ``-1`` leaves it off unless a
-            process group with more than one process is already initialised.
+            ``torchrun``, which also sets ``RANK``/``WORLD_SIZE``); ``-1`` leaves it off unless
+            the process was launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) or
+            a process group with more than one process is already initialised.
         mixed_precision: ``None`` (decided by ``fp16``), ``'no'``, ``'fp16'`` or ``'bf16'``
             (bfloat16 autocast, no loss scaling; works on CPU too).
         save_training_state: also write, beside each ``gs{step}.pkl``, a ``gs{step}.state.pt``

@@ -217,6 +217,12 @@ def call_model(model: Callable[..., Any], batch: Any, args: dict[str, Any]) -> A
             f"extra keywords of train()) are {sorted(args)}. Drop or rename what the model's "
             "forward does not take (e.g. in a batch_postprocessor), or give each model its own "
             "inputs with a {'teacher': ..., 'student': ...} batch"
+            + (
+                "; `args` reach every model, so a flag only one model takes belongs in that "
+                "model's config (e.g. teacher.config.output_hidden_states = True)"
+                if args
+                else ""
+            )
         ) from error
 
 

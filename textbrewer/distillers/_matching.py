@@ -17,6 +17,7 @@ from textbrewer.distillers._adaptor_checks import (
     check_inputs_mask,
     check_mask_fits,
     check_projection_input,
+    check_projection_output,
     checked_layers,
     has_layer,
 )
@@ -185,6 +186,7 @@ class MatchComputer:
                 self._mask_checked = True
             for index, (match, student) in enumerate(zip(self.matches, features_S)):
                 teacher = self._features(teachers[match.teacher or 0], match, index, "T")
+                check_projection_output(student, teacher, match, index)
                 _check_shapes(self.infos[index], student, teacher, match, index)
                 if self.infos[index] is not None and match.loss not in ("pkd",):
                     check_mask_fits(mask, student, match, index)

@@ -20,7 +20,6 @@ from torch import nn
 
 from textbrewer._compiling import CompiledForwards, compile_kwargs
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._adaptor_checks import first_batch_checks
 from textbrewer.distillers._batches import (
     AdaptedOutputs,
     AdaptorChecker,
@@ -31,6 +30,7 @@ from textbrewer.distillers._batches import (
     get_outputs_from_batch,
     teacher_adaptor_names,
 )
+from textbrewer.distillers._first_batch_checks import first_batch_checks
 from textbrewer.distillers._kd import LossParts
 from textbrewer.training import checkpoint as ckpt
 from textbrewer.training import faults
@@ -297,7 +297,8 @@ class AbstractDistiller:
     def _open_session(self, call: TrainCall) -> Session:
         student, teachers, extras = unwrap(self.model_S), self.teachers(), self.extra_modules()
         check_call(call, self._call_style.data_name, student, teachers, extras)
-        faults.prepare_output_dir(self.t_config.output_dir, self._engine.is_main)
+        fresh = call.resume_from is None or call.resume_from is False
+        faults.prepare_output_dir(self.t_config.output_dir, self._engine.is_main, fresh)
         plan = self._build_plan(call)
         scheduler = prepare_optimizer(call, self.extra_param_groups())
         session = Session(call, plan, scheduler, self._engine, self.t_config)
