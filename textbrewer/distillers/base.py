@@ -328,7 +328,7 @@ class AbstractDistiller:
         optimizer.zero_grad()
         progress.global_step += 1
         for schedule in self.schedules():
-            schedule.update(progress.global_step / session.plan.total_steps)
+            schedule.update(progress.global_step / session.plan.schedule_steps)
         if session.log.progress is not None:
             session.log.progress.update(1)
         if progress.global_step % self.t_config.log_every_n_steps == 0:
