@@ -205,7 +205,9 @@ class AdaptorChecker:
                 f"{who} must return a dict with keys among {presets.ADAPTOR_KEYS}, "
                 f"got {type(result).__name__}"
             )
-        normalised = dict(result)
+        # A key whose value is None is absent (e.g. a Hugging Face output's `loss` without
+        # labels): TextBrewer 0.2.x trained on such results as long as the key went unused.
+        normalised = {key: value for key, value in result.items() if value is not None}
         for key in _LIST_KEYS:
             if key in normalised:
                 normalised[key] = _as_tensor_list(normalised[key], who, key)

@@ -15,6 +15,12 @@ from torch import nn
 from textbrewer import presets
 from textbrewer.distillers._batches import AdaptorResult
 from textbrewer.distillers._kd import LossParts, combine_parts, to_float32
+from textbrewer.distillers._protocol import (
+    match_projections,
+    projection_groups,
+    set_match_groups,
+    use_match_projections,
+)
 from textbrewer.matches import IntermediateMatch
 
 
@@ -115,6 +121,7 @@ class MatchComputer:
                 self.projection_of[index] = len(layers)
                 layers.append(presets.PROJ_MAP[kind](dim_in, dim_out))
                 self.param_options.append(options)
+        self.device = device
         self.projections = ProjectionBank(layers).to(device)
         self.project: nn.Module = self.projections
         self.custom = [
@@ -247,9 +254,25 @@ class MatchingHooks:
     matches: MatchComputer
 
     @property
-    def projs(self) -> nn.ModuleList:
-        """The projection layers, one per match with ``proj`` (in match order)."""
-        return self.matches.projections.layers
+    def projs(self) -> list[nn.Module | None]:
+        """The projections in match order, ``None`` where a match has none (0.2.x's ``projs``).
+
+        A subclass may assign its own list (and ``projs_group``): see ``_protocol``.
+        """
+        return match_projections(self.matches)
+
+    @projs.setter
+    def projs(self, value: Any) -> None:
+        use_match_projections(self.matches, value, None, type(self).__name__)
+
+    @property
+    def projs_group(self) -> list[dict[str, Any]]:
+        """The optimizer options of each projection in ``projs`` order (``{}`` for ``None``)."""
+        return projection_groups(self.matches)
+
+    @projs_group.setter
+    def projs_group(self, value: Any) -> None:
+        set_match_groups(self.matches, value, type(self).__name__)
 
     def compute_loss(
         self, results_S: AdaptorResult, results_T: AdaptorResult

@@ -28,6 +28,7 @@ from textbrewer.distillers._batches import (
     get_outputs_from_batch,
 )
 from textbrewer.distillers._kd import LossParts
+from textbrewer.distillers._protocol import batch_result
 from textbrewer.training import checkpoint as ckpt
 from textbrewer.training.arguments import (
     SINGLE_SOURCE,
@@ -301,7 +302,9 @@ class AbstractDistiller:
                 logger.info("Epoch %d/%d", micro.epoch + 1, plan.num_epochs)
                 session.optimizer.zero_grad()
             with engine.gradient_sync(self._ddp_modules, sync=micro.ends_step):
-                total, parts = self.train_on_batch(micro.batch, session.call.model_args)
+                total, parts = batch_result(
+                    self.train_on_batch(micro.batch, session.call.model_args), type(self).__name__
+                )
                 engine.backward(total)
             log.record(progress.micro_index, progress.global_step + 1, total, parts)
             session.monitor.count(micro.batch)

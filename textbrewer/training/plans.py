@@ -10,6 +10,7 @@ so a resumed run continues with exactly the batches an uninterrupted run would h
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from collections.abc import Iterator
 from typing import Any, Callable, Optional, Protocol
@@ -17,6 +18,8 @@ from typing import Any, Callable, Optional, Protocol
 import numpy as np
 
 from textbrewer.training.checkpoint import capture_rng_state, restore_rng_state
+
+logger = logging.getLogger(__name__)
 
 _Postprocessor = Optional[Callable[[Any], Any]]
 
@@ -405,11 +408,18 @@ class TaskSampler:
             name: LoaderPasses(data, f"dataloaders[{name!r}]") for name, data in dataloaders.items()
         }
         self.postprocessors = postprocessors or {}
-        if all(hasattr(data, "__len__") for data in dataloaders.values()):
+        unsized = [name for name in self.names if not hasattr(dataloaders[name], "__len__")]
+        self.weights: list[float] | None = None
+        if not unsized:
             sizes = [len(dataloaders[name]) ** tau for name in self.names]
-            self.weights: list[float] | None = [size / sum(sizes) for size in sizes]
+            self.weights = [size / sum(sizes) for size in sizes]
         else:
-            self.weights = None
+            logger.warning(
+                "`tau`=%r is ignored: dataloaders %s have no __len__, so the tasks are drawn "
+                "uniformly (numpy.random.choice with p=None), as in TextBrewer 0.2.x",
+                tau,
+                unsized,
+            )
 
     def __call__(self) -> tuple[int, TaskBatch]:
         """Draws a task, then returns ``(0, TaskBatch(task, batch))``."""
