@@ -29,6 +29,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from textbrewer.distillers._batches import _LIST_KEYS, call_model
+from textbrewer.distillers._kd import probability_shift, select_rows
+
 _ASSIGNABLE_NOW = ("is_caching_logits",)
 _SCHEDULED = ("kd_loss_weight", "hard_label_weight")
 
@@ -364,3 +367,53 @@ def projection_groups(matches: Any) -> list[dict[str, Any]]:
         for i in range(len(matches.matches))
     ]
     return groups + [dict(matches.param_options[position]) for position in extra]
+
+
+# ----------------------------------------------------------------- 0.2.x step helpers
+def post_adaptor(dict_object: dict[str, Any]) -> dict[str, Any]:
+    """Wraps a single tensor under ``logits``, ``logits_mask``, ``labels``, ``losses`` in a list.
+
+    TextBrewer 0.2.x's helper of this name, for subclasses that call adaptors themselves. The
+    dict is changed in place and returned.
+    """
+    for key in _LIST_KEYS:
+        if isinstance(dict_object.get(key), torch.Tensor):
+            dict_object[key] = [dict_object[key]]
+    return dict_object
+
+
+def auto_forward(model: Callable[..., Any], batch: Any, args: dict[str, Any] | None = None) -> Any:
+    """``model(**batch, **args)`` for a dict batch, ``model(*batch, **args)`` otherwise."""
+    return call_model(model, batch, args or {})
+
+
+def select_logits_with_mask(
+    logits_list: Sequence[torch.Tensor] | torch.Tensor,
+    logits_mask_list: Sequence[torch.Tensor] | torch.Tensor | None,
+) -> list[torch.Tensor]:
+    """Selects the rows of 3-D logits where their mask is set: (B, L, C) -> (N_selected, C).
+
+    One mask serves every logits tensor, or there is one per tensor; 2-D logits pass through.
+    """
+    if isinstance(logits_list, torch.Tensor):
+        logits_list = [logits_list]
+    if isinstance(logits_mask_list, torch.Tensor):
+        logits_mask_list = [logits_mask_list]
+    masks = list(logits_mask_list or [])
+    selected = []
+    for index, logits in enumerate(logits_list):
+        mask = None if not masks else masks[0] if len(masks) == 1 else masks[index]
+        selected.append(select_rows(logits, mask))
+    return selected
+
+
+def probability_shift_(tensor: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Swaps, in place, each row's top logit with its true label's; returns ``tensor``.
+
+    Args:
+        tensor: (rows, classes) or (batch, length, classes) teacher logits.
+        labels: ``tensor.shape[:-1]`` labels; a label < 0 leaves its row unchanged.
+    """
+    with torch.no_grad():
+        tensor.copy_(probability_shift(tensor, labels))
+    return tensor
