@@ -133,3 +133,153 @@ def test_mnli_recipe_general_distiller_with_projections_and_linear_warmup(tmp_pa
     assert projections_changed == [True, True]
     for step in (4, 8):
         assert_same_state(torch.load(out / f"gs{step}.pkl"), expected[step])
+
+
+def _in_float64(function):
+    def wrapper(*args, **kwargs):
+        torch.set_default_dtype(torch.float64)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_default_dtype(torch.float32)
+
+    return wrapper
+
+
+def _snapshot(model):
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+@_in_float64
+def _three_teachers_reference():
+    script = load_script("multi_teacher_three")
+    teachers, student = script["build_models"](0)
+    data = script["make_data"](5)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
+    saved, step = {}, 0
+    for _ in range(2):
+        for batch in data:
+            with torch.no_grad():
+                logits_T = sum(teacher(**batch) for teacher in teachers) / 3  # 0.2.x's mean
+            logits_S = student(**batch)
+            loss = 2 * kd_ce(logits_S, logits_T, 3) + F.cross_entropy(logits_S, batch["labels"])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+            if step % 5 == 0:
+                saved[step] = _snapshot(student)
+    return saved
+
+
+def test_multi_teacher_distiller_on_three_teachers(tmp_path):
+    run_script("multi_teacher_three", "--output_dir", tmp_path / "out")
+    assert checkpoint_steps(tmp_path / "out") == [5, 10]
+    expected = _three_teachers_reference()
+    for step in (5, 10):
+        assert_same_state(torch.load(tmp_path / "out" / f"gs{step}.pkl"), expected[step])
+
+
+@_in_float64
+def _layer_groups_reference():
+    script = load_script("trainer_layer_groups")
+    model = script["build_model"](0)
+    data = script["make_data"](9)
+    optimizer = torch.optim.SGD(script["layer_groups"](model, 0.2, 0.5), lr=0.2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    saved, step = {}, 0
+    for _ in range(2):
+        optimizer.zero_grad()  # the 9th micro-batch of an epoch never reaches a step
+        for index, (features, labels) in enumerate(data):
+            (model(features, labels)[1] / 2).backward()
+            if (index + 1) % 2:
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            if step % 4 in {0, 2}:  # ckpt_frequency=2 over 4 steps per epoch
+                saved[step] = _snapshot(model)
+    return saved, [group["lr"] for group in optimizer.param_groups]
+
+
+def test_basic_trainer_with_per_layer_learning_rates(tmp_path):
+    run_script("trainer_layer_groups", "--output_dir", tmp_path / "out")
+    assert checkpoint_steps(tmp_path / "out") == [2, 4, 6, 8]
+    expected, final_lrs = _layer_groups_reference()
+    assert final_lrs == [0.2 * 0.25, 0.1 * 0.25, 0.05 * 0.25]  # three groups, each scheduled
+    for step in (2, 4, 6, 8):
+        assert_same_state(torch.load(tmp_path / "out" / f"gs{step}.pkl"), expected[step])
+
+
+def _shifted(logits_T, labels):
+    # SPEC §5: swap the top class's logit with the true label's, row by row, by hand.
+    shifted = logits_T.clone()
+    for row, label in enumerate(labels.tolist()):
+        top = int(logits_T[row].argmax())
+        shifted[row, top], shifted[row, label] = logits_T[row, label], logits_T[row, top]
+    return shifted
+
+
+@_in_float64
+def _ner_reference():
+    script = load_script("ner_logits_mask")
+    teacher, student = script["build_models"](0)
+    data = script["make_data"](4)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    saved = {}
+    for step in range(1, 8):
+        ids, mask, labels = data[(step - 1) % 4]  # step mode cycles the data
+        with torch.no_grad():
+            logits_T, hidden_T = teacher(ids, mask, labels)
+        logits_S, hidden_S = student(ids, mask, labels)
+        rows = mask.bool()
+        kd = kd_ce(logits_S[rows], _shifted(logits_T[rows], labels[rows]), 2)
+        loss = kd + 2 * hidden_mse(hidden_S, hidden_T, mask)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % 3 == 0 or step == 7:
+            saved[step] = _snapshot(student)
+    return saved
+
+
+def test_ner_3d_logits_with_logits_mask_in_step_mode_with_float_steps(tmp_path):
+    run_script("ner_logits_mask", "--output_dir", tmp_path / "out")
+    assert checkpoint_steps(tmp_path / "out") == [3, 6, 7]
+    expected = _ner_reference()
+    for step in (3, 6, 7):
+        assert_same_state(torch.load(tmp_path / "out" / f"gs{step}.pkl"), expected[step])
+
+
+@_in_float64
+def _span_reference():
+    script = load_script("span_two_logits")
+    teacher, student = script["build_models"](0)
+    data = script["make_data"](3)
+    optimizer = torch.optim.Adam(student.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+    saved, step = {}, 0
+    for _ in range(2):
+        for batch in data:
+            with torch.no_grad():
+                start_T, end_T, _ = teacher(*batch)
+            start_S, end_S, hard = student(*batch)
+            loss = kd_ce(start_S, start_T, 8) + kd_ce(end_S, end_T, 8) + hard
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 0.5)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            if step % 3 == 0:
+                saved[step] = _snapshot(student)
+    return saved
+
+
+def test_span_extraction_two_logits_with_the_positional_0_2_x_call(tmp_path):
+    run_script("span_two_logits", "--output_dir", tmp_path / "out")
+    assert checkpoint_steps(tmp_path / "out") == [3, 6]
+    expected = _span_reference()
+    for step in (3, 6):
+        assert_same_state(torch.load(tmp_path / "out" / f"gs{step}.pkl"), expected[step])

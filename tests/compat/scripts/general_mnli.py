@@ -48,7 +48,7 @@ def make_data(count, seed=1):
     return batches
 
 
-def BertForGLUESimpleAdaptor(batch, model_outputs):  # noqa: N802 (the recipe's name)
+def BertForGLUESimpleAdaptor(batch, model_outputs):
     return {
         "logits": (model_outputs[0],),
         "hidden": model_outputs[1],
