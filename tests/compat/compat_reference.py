@@ -20,11 +20,14 @@ def load_script(name):
 
 
 def run_script(name, *argv):
-    """Runs the script as `python scripts/<name>.py argv...` would, in this process."""
+    """Runs the script as `python scripts/<name>.py argv...` would, in this process.
+
+    Returns the script's globals (a script may keep what its main() returned in `RESULT`).
+    """
     saved = sys.argv
     sys.argv = [str(SCRIPTS / f"{name}.py"), *map(str, argv)]
     try:
-        runpy.run_path(str(SCRIPTS / f"{name}.py"), run_name="__main__")
+        return runpy.run_path(str(SCRIPTS / f"{name}.py"), run_name="__main__")
     finally:
         sys.argv = saved
         torch.set_default_dtype(torch.float32)
