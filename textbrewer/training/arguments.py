@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import numbers
 import warnings
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -138,10 +139,11 @@ def parse_train_call(
 
 
 def _check(call: TrainCall) -> None:
-    if not isinstance(call.optimizer, torch.optim.Optimizer):
+    if not _is_optimizer(call.optimizer):
         raise TypeError(
-            f"`optimizer`={call.optimizer!r} must be a torch.optim.Optimizer "
-            "(built over the student's parameters)"
+            f"`optimizer`={call.optimizer!r} must be a torch.optim.Optimizer, or an object that "
+            "works like one (step, zero_grad, param_groups, add_param_group), built over the "
+            "student's parameters"
         )
     _check_lengths(call)
     call.num_epochs = _checked_length("num_epochs", call.num_epochs)
@@ -155,12 +157,23 @@ def _check(call: TrainCall) -> None:
         raise TypeError(f"`callback`={call.callback!r} must be callable(model=..., step=...)")
     if call.scheduler_class is not None and not callable(call.scheduler_class):
         raise TypeError(f"`scheduler_class`={call.scheduler_class!r} must be callable")
-    if call.scheduler_args is not None and not isinstance(call.scheduler_args, dict):
+    if call.scheduler_args is not None and not isinstance(call.scheduler_args, Mapping):
         raise TypeError(f"`scheduler_args`={call.scheduler_args!r} must be a dict of keywords")
     if call.scheduler is not None and not hasattr(call.scheduler, "step"):
         raise TypeError(f"`scheduler`={call.scheduler!r} must be an LR scheduler (with .step())")
     if isinstance(call.tau, bool) or not isinstance(call.tau, numbers.Real):
         raise TypeError(f"`tau`={call.tau!r} must be a number")
+
+
+def _is_optimizer(value: Any) -> bool:
+    # TextBrewer 0.2.x only called these; optimizers from other libraries that are not
+    # torch.optim.Optimizer subclasses but behave like one keep working.
+    if isinstance(value, torch.optim.Optimizer):
+        return True
+    needed = ("step", "zero_grad", "add_param_group")
+    return all(callable(getattr(value, name, None)) for name in needed) and hasattr(
+        value, "param_groups"
+    )
 
 
 def _check_lengths(call: TrainCall) -> None:
