@@ -249,3 +249,56 @@ def test_logits_from_one_side_only_is_an_error_naming_the_side(tmp_path, side, m
     )
     with pytest.raises(ValueError, match=message):
         distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), make_batches(2), 1)
+
+
+def test_projections_appended_after_assignment_are_trained(tmp_path):
+    # The 0.2.x idiom: `self.projs = []`, then `self.projs.append(...)` in a loop.
+    class Appending(textbrewer.BasicDistiller):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.projs = []
+            self.projs_group = []
+            for _ in range(2):
+                self.projs.append(nn.Linear(8, 8).double())
+                self.projs_group.append({"lr": 0.3})
+
+        def compute_loss(self, results_S, results_T):
+            total, parts = super().compute_loss(results_S, results_T)
+            hidden = results_S["hidden"][-1]
+            extra = sum(proj(hidden).pow(2).mean() for proj in self.projs)
+            return total + extra, parts
+
+    teacher, student = make_models()
+    distiller = Appending(
+        training_config(tmp_path), textbrewer.DistillationConfig(), teacher, student,
+        simple_adaptor, simple_adaptor,
+    )  # fmt: skip
+    before = [proj.weight.detach().clone() for proj in distiller.projs]
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    distiller.train(optimizer, make_batches(2), 1)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.1, 0.3, 0.3]
+    for proj, start in zip(distiller.projs, before):
+        assert not torch.equal(proj.weight, start)
+
+
+def test_a_general_distiller_subclass_appending_to_its_projs_list(tmp_path):
+    teacher, student = make_models(teacher_dim=8, student_dim=6)
+    matches = [{"layer_T": 1, "layer_S": 1, "feature": "hidden", "loss": "hidden_mse",
+                "weight": 1}]  # fmt: skip
+
+    class Appending(textbrewer.GeneralDistiller):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.projs = []
+            self.projs.append(nn.Linear(6, 8).double())  # match 0 gets a projection
+
+    distiller = Appending(
+        training_config(tmp_path), textbrewer.DistillationConfig(intermediate_matches=matches),
+        teacher, student, simple_adaptor, simple_adaptor,
+    )  # fmt: skip
+    own = distiller.projs[0]
+    before = own.weight.detach().clone()
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    distiller.train(optimizer, make_batches(2), 1)  # 6-dim student vs 8-dim teacher: projected
+    assert optimizer.param_groups[1]["params"][0] is own.weight
+    assert not torch.equal(own.weight, before)

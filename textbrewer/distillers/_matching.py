@@ -16,9 +16,10 @@ from textbrewer import presets
 from textbrewer.distillers._batches import AdaptorResult
 from textbrewer.distillers._kd import LossParts, combine_parts, to_float32
 from textbrewer.distillers._protocol import (
-    match_projections,
+    assigned_match_projections,
     projection_groups,
     set_match_groups,
+    sync_assigned_projections,
     use_match_projections,
 )
 from textbrewer.matches import IntermediateMatch
@@ -259,11 +260,13 @@ class MatchingHooks:
 
         A subclass may assign its own list (and ``projs_group``): see ``_protocol``.
         """
-        return match_projections(self.matches)
+        return assigned_match_projections(self)
 
     @projs.setter
     def projs(self, value: Any) -> None:
-        use_match_projections(self.matches, value, None, type(self).__name__)
+        groups = self.__dict__.get("_assigned_groups")
+        projs = use_match_projections(self.matches, value, groups, type(self).__name__)
+        self.__dict__["_assigned_projs"] = projs
 
     @property
     def projs_group(self) -> list[dict[str, Any]]:
@@ -273,6 +276,7 @@ class MatchingHooks:
     @projs_group.setter
     def projs_group(self, value: Any) -> None:
         set_match_groups(self.matches, value, type(self).__name__)
+        self.__dict__["_assigned_groups"] = value
 
     def compute_loss(
         self, results_S: AdaptorResult, results_T: AdaptorResult
@@ -284,6 +288,7 @@ class MatchingHooks:
 
     def extra_param_groups(self) -> list[dict[str, Any]]:
         """One param group per projection, with the options of its ``proj[3]``."""
+        sync_assigned_projections(self)  # a subclass's lists may have changed in place
         return self.matches.param_groups()
 
     def extra_modules(self) -> list[nn.Module]:

@@ -127,7 +127,10 @@ class DistillerAttributes:
 def checked_projections(
     projs: Any, device: torch.device | None, owner: str
 ) -> list[nn.Module | None]:
-    """``projs`` as a list of modules or ``None``, moved to ``device``.
+    """``projs`` as a list of modules or ``None``, each moved to ``device``.
+
+    A list is kept as the same object (0.2.x subclasses often assign ``[]`` and ``append``), so
+    later in-place changes are seen; a tuple, ``nn.ModuleList`` or single module becomes a list.
 
     Raises:
         TypeError: not a list/tuple, or an element that is neither an ``nn.Module`` nor ``None``
@@ -135,20 +138,22 @@ def checked_projections(
     """
     if isinstance(projs, nn.Module) and not isinstance(projs, (nn.ModuleList, nn.Sequential)):
         projs = [projs]
-    if not isinstance(projs, (list, tuple, nn.ModuleList)):
+    if isinstance(projs, (tuple, nn.ModuleList, nn.Sequential)):
+        projs = list(projs)
+    if not isinstance(projs, list):
         raise TypeError(
             f"{owner}.projs={projs!r} must be a list of nn.Module (or None where a match has no "
             "projection)"
         )
-    checked = []
     for index, proj in enumerate(projs):
         if proj is not None and not isinstance(proj, nn.Module):
             raise TypeError(
                 f"{owner}.projs[{index}]={proj!r} must be an nn.Module or None: the library "
                 "trains, wraps and saves projections, which a plain function cannot be"
             )
-        checked.append(proj.to(device) if proj is not None and device is not None else proj)
-    return checked
+        if proj is not None and device is not None:
+            proj.to(device)  # in place: the list keeps the subclass's own objects
+    return projs
 
 
 def checked_groups(groups: Any, count: int, owner: str) -> list[dict[str, Any]]:
@@ -199,16 +204,18 @@ class OwnProjections:
 
     Assigned projections are trainable modules of the session: one param group each, wrapped
     under DDP (``self.projs`` then returns the wrappers, so a subclass's forward goes through
-    them), and saved with the training state.
+    them), and saved with the training state. The assigned list itself is kept, so elements a
+    subclass appends later are trained too (they are checked again when ``train()`` starts).
     """
 
     @property
     def projs(self) -> list[nn.Module | None]:
         """The projections a subclass assigned (``[]`` by default), wrapped while training."""
-        return [
-            None if proj is None else self.wrapped(proj)
-            for proj in self.__dict__.get("_own_projs", [])
-        ]
+        projs = self.__dict__.setdefault("_own_projs", [])
+        wrapped = [None if proj is None else self.wrapped(proj) for proj in projs]
+        if all(w is p for w, p in zip(wrapped, projs)):
+            return projs  # the subclass's own list, so in-place changes stick
+        return wrapped
 
     @projs.setter
     def projs(self, value: Any) -> None:
@@ -218,28 +225,31 @@ class OwnProjections:
 
     @property
     def projs_group(self) -> list[dict[str, Any]]:
-        """The optimizer options of each projection (``{}`` where none were given)."""
-        projs = self.__dict__.get("_own_projs", [])
-        groups = self.__dict__.get("_own_groups")
-        if groups is None:
-            return [{} for _ in projs]
-        return groups
+        """The optimizer options of each projection (``[]`` until a subclass assigns them)."""
+        return self.__dict__.setdefault("_own_groups", [])
 
     @projs_group.setter
     def projs_group(self, value: Any) -> None:
-        self.__dict__["_own_groups"] = checked_groups(
-            value, len(self.__dict__.get("_own_projs", [])), type(self).__name__
-        )
+        checked_groups(value, len(self.projs), type(self).__name__)
+        self.__dict__["_own_groups"] = value if isinstance(value, list) else list(value or [])
+
+    def _checked_own(self) -> tuple[list[nn.Module | None], list[dict[str, Any]]]:
+        owner = type(self).__name__
+        projs = checked_projections(self.__dict__.get("_own_projs", []), self.device, owner)
+        groups = checked_groups(self.__dict__.get("_own_groups") or None, len(projs), owner)
+        if self.__dict__.get("_own_groups"):
+            check_group_count(groups, projs, owner)
+        else:
+            groups = []
+        return projs, groups
 
     def extra_modules(self) -> list[nn.Module]:
         """The assigned projections that are not ``None``, in order."""
-        return [proj for proj in self.__dict__.get("_own_projs", []) if proj is not None]
+        return [proj for proj in self._checked_own()[0] if proj is not None]
 
     def extra_param_groups(self) -> list[dict[str, Any]]:
         """One param group per ``extra_modules()`` module; projections get their options."""
-        projs = self.__dict__.get("_own_projs", [])
-        groups = self.__dict__.get("_own_groups") or []
-        check_group_count(groups, projs, type(self).__name__)
+        projs, groups = self._checked_own()
         options = {
             id(proj): group_for(groups, projs, index) if groups else {}
             for index, proj in enumerate(projs)
@@ -316,7 +326,7 @@ def match_projections(matches: Any) -> list[nn.Module | None]:
     return listed
 
 
-def use_match_projections(matches: Any, projs: Any, groups: Any, owner: str) -> None:
+def use_match_projections(matches: Any, projs: Any, groups: Any, owner: str) -> list[Any]:
     """Makes ``projs`` (a 0.2.x subclass's) the projections of ``matches``.
 
     ``projs[i]`` projects the student's feature of match ``i`` (``None``: no projection), as in
@@ -337,6 +347,27 @@ def use_match_projections(matches: Any, projs: Any, groups: Any, owner: str) -> 
     matches.project = matches.projections
     matches.projection_of = projection_of
     matches.param_options = options
+    return projs
+
+
+def assigned_match_projections(distiller: Any) -> list[nn.Module | None]:
+    """``projs`` of a distiller with matches: the list a subclass assigned, else the bank's."""
+    assigned = distiller.__dict__.get("_assigned_projs")
+    matches = distiller.matches
+    if assigned is not None and matches.project is matches.projections:
+        return assigned
+    return match_projections(matches)
+
+
+def sync_assigned_projections(distiller: Any) -> None:
+    """Re-reads the ``projs``/``projs_group`` a subclass assigned (changed in place since)."""
+    assigned = distiller.__dict__.get("_assigned_projs")
+    owner = type(distiller).__name__
+    groups = distiller.__dict__.get("_assigned_groups")
+    if assigned is not None:
+        use_match_projections(distiller.matches, assigned, groups, owner)
+    elif groups is not None:
+        set_match_groups(distiller.matches, groups, owner)
 
 
 def set_match_groups(matches: Any, groups: Any, owner: str) -> None:
