@@ -94,7 +94,8 @@ class TrainingConfig(_Config):
         ckpt_frequency: checkpoints per epoch (epoch mode), evenly spaced.
         ckpt_epoch_frequency: checkpoint only every this many epochs (and always in the last).
         ckpt_steps: in step mode (``train(..., num_steps=N)``), checkpoint every this many
-            optimizer steps and at ``num_steps``; required then, ignored in epoch mode.
+            optimizer steps and at ``num_steps``; required then, ignored in epoch mode. A float
+            (argparse ``type=float``) counts by its whole part, as in TextBrewer 0.2.x.
         log_dir: directory for tensorboard scalars; ``None`` disables tensorboard.
         output_dir: where ``gs{step}.pkl`` checkpoints go; created (with parents) when the config
             is built, on rank 0 only.
