@@ -12,11 +12,18 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import torch
 
 
 def plain_number(value: Any) -> Any:
-    """A numpy scalar as the Python number it holds (JSON-serialisable); anything else as is."""
+    """A numpy scalar or 0-d tensor as the Python number it holds; anything else as is.
+
+    TextBrewer 0.2.x used such values in arithmetic, where they act as numbers; as Python
+    numbers they also keep a config JSON-serialisable.
+    """
     if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad:
         return value.item()
     return value
 

@@ -301,3 +301,9 @@ def test_multi_task_tau_without_lengths_is_ignored_with_a_warning(tmp_path, capl
             torch.optim.SGD(student.parameters(), lr=0.1), None, {"a": stream}, 2, tau=0.5
         )
     assert "`tau`=0.5 is ignored: dataloaders ['a'] have no __len__" in caplog.text
+
+
+def test_zero_dimensional_tensors_are_numbers_too(tmp_path):
+    config = textbrewer.DistillationConfig(temperature=torch.tensor(4.0))
+    assert config == textbrewer.DistillationConfig(temperature=4.0)
+    assert _training(tmp_path, ckpt_steps=torch.tensor(3)).ckpt_steps == 3

@@ -302,3 +302,14 @@ def test_a_general_distiller_subclass_appending_to_its_projs_list(tmp_path):
     distiller.train(optimizer, make_batches(2), 1)  # 6-dim student vs 8-dim teacher: projected
     assert optimizer.param_groups[1]["params"][0] is own.weight
     assert not torch.equal(own.weight, before)
+
+
+def test_get_outputs_from_batch_with_the_config_device_auto():
+    teacher, student = make_models()
+    batch = make_batches(1)[0]
+    (batch_T, outputs_T), (batch_S, outputs_S) = textbrewer.distiller_utils.get_outputs_from_batch(
+        batch, "auto", teacher, student, {}
+    )
+    assert not outputs_T[0].requires_grad  # the teacher runs without gradients
+    assert outputs_S[0].requires_grad
+    assert batch_T is batch_S

@@ -115,6 +115,8 @@ def get_outputs_from_batch(
         models returned them.
     """
     args = args or {}
+    if device == "auto":  # a 0.2.x subclass passes self.t_config.device, which may say 'auto'
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     raw_T, raw_S, cache = split_batch(batch)
     batch_T = move_to_device(raw_T, device)
     several = isinstance(model_T, (list, tuple))
