@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import textbrewer
+import textbrewer.distiller_utils
 from tests.conftest import make_batches, make_models, simple_adaptor, training_config
 
 MODULES = [
