@@ -314,3 +314,16 @@ def test_get_outputs_from_batch_with_the_config_device_auto():
     assert not outputs_T[0].requires_grad  # the teacher runs without gradients
     assert outputs_S[0].requires_grad
     assert batch_T is batch_S
+
+
+def test_d_config_still_reads_as_a_distillation_config(tmp_path):
+    import dataclasses
+
+    config = textbrewer.DistillationConfig(kd_loss_weight=2, temperature=3)
+    distiller = _basic(tmp_path, config)
+    distiller.kd_loss_weight = 0.5  # a scheduled value, as after some steps
+    assert isinstance(distiller.d_config, textbrewer.DistillationConfig)
+    assert dataclasses.asdict(distiller.d_config)["kd_loss_weight"] == 0.5
+    copied = dataclasses.replace(distiller.d_config, temperature=5)
+    assert (copied.temperature, copied.kd_loss_weight) == (5, 0.5)
+    assert config.kd_loss_weight == 2

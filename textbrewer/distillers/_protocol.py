@@ -23,41 +23,50 @@ alone (``batch_result``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from textbrewer.configurations import DistillationConfig
 from textbrewer.distillers._batches import _LIST_KEYS, call_model
 from textbrewer.distillers._kd import probability_shift, select_rows
 
 _ASSIGNABLE_NOW = ("is_caching_logits",)
 _SCHEDULED = ("kd_loss_weight", "hard_label_weight")
+_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(DistillationConfig))
 
 
-class DistillationConfigView:
+class DistillationConfigView(DistillationConfig):
     """``self.d_config`` of a distiller: the user's config, with the scheduled weights.
 
     Reads return the config's fields, except ``kd_loss_weight`` and ``hard_label_weight``, which
     are the distiller's current values (what TextBrewer 0.2.x's weight schedulers wrote into the
     config). Writing ``is_caching_logits`` sets it on the config (read when ``train()`` starts);
     writing a weight sets the current weight; any other field was resolved when the distiller was
-    built, so writing it raises ``AttributeError`` rather than being ignored.
+    built, so writing it raises ``AttributeError`` rather than being ignored. It is a
+    ``DistillationConfig`` for ``isinstance`` and ``dataclasses.asdict``/``replace`` (which build
+    a plain ``DistillationConfig``).
 
     Args:
         config: the user's ``DistillationConfig``.
         terms: the distiller's ``DistillationTerms`` (the current weights).
     """
 
-    def __init__(self, config: Any, terms: Any) -> None:
+    def __init__(self, config: Any, terms: Any) -> None:  # no validation: config already is
         object.__setattr__(self, "_config", config)
         object.__setattr__(self, "_terms", terms)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattribute__(self, name: str) -> Any:
         if name in _SCHEDULED:
-            return getattr(self._terms, name)
-        return getattr(self._config, name)
+            return getattr(object.__getattribute__(self, "_terms"), name)
+        if name in _CONFIG_FIELDS:
+            return getattr(object.__getattribute__(self, "_config"), name)
+        if name == "__class__":  # dataclasses.replace builds a plain config
+            return DistillationConfig
+        return object.__getattribute__(self, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _SCHEDULED:
@@ -72,8 +81,8 @@ class DistillationConfigView:
             )
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, DistillationConfigView):
-            other = other._config
+        if isinstance(other, DistillationConfig) and "_config" in getattr(other, "__dict__", {}):
+            other = other.__dict__["_config"]
         return self._config == other
 
     __hash__ = None  # type: ignore[assignment]
@@ -105,7 +114,7 @@ class DistillerAttributes:
 
     @d_config.setter
     def d_config(self, value: Any) -> None:
-        if isinstance(value, DistillationConfigView):
+        if type(value) is DistillationConfigView:
             value = value._config
         self.__dict__["_d_config"] = value
 
