@@ -307,3 +307,14 @@ def test_zero_dimensional_tensors_are_numbers_too(tmp_path):
     config = textbrewer.DistillationConfig(temperature=torch.tensor(4.0))
     assert config == textbrewer.DistillationConfig(temperature=4.0)
     assert _training(tmp_path, ckpt_steps=torch.tensor(3)).ckpt_steps == 3
+
+
+def test_the_fractional_epochs_warning_points_at_the_train_call(tmp_path):
+    teacher, student = make_models()
+    distiller = textbrewer.BasicDistiller(
+        _training(tmp_path), textbrewer.DistillationConfig(), teacher, student,
+        simple_adaptor, simple_adaptor,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="`num_epochs`=1.5") as caught:
+        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), make_batches(2), 1.5)
+    assert caught[0].filename == __file__

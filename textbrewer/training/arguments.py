@@ -220,7 +220,7 @@ def _checked_length(name: str, value: Any) -> Any:
         f"`{name}`={value!r} is not a whole number: as TextBrewer 0.2.x did, training runs "
         f"int({name})={int(value)} {unit}; {what}",
         UserWarning,
-        stacklevel=4,
+        stacklevel=5,  # the user's train() call
     )
     return value
 
