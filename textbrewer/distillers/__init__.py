@@ -11,8 +11,9 @@ loss log, ``train()`` arguments) lives in ``textbrewer.training``.
 * ``_kd.py``: the KD pipeline (row selection, probability shift, temperature, KD loss) and
   ``DistillationTerms`` (KD + hard-label terms with their scheduled weights).
 * ``_matching.py``: intermediate matches, projections and hook-based custom matches.
-* ``_protocol.py``: TextBrewer 0.2.x's subclass protocol (``projs``, ``projs_group``,
-  ``kd_loss``, ``d_config``) and step helpers; ``textbrewer.distiller_utils`` re-exports them.
+* ``_protocol.py``: TextBrewer 0.2.x's subclass protocol (``kd_loss``, ``d_config``,
+  ``train_on_batch`` results) and step helpers; ``textbrewer.distiller_utils`` re-exports them.
+* ``_subclass_projections.py``: ``projs``/``projs_group`` a 0.2.x subclass assigns.
 * ``_teachers.py``: several teachers: how their KD terms combine (``combine_teachers``,
   ``teacher_weights``) and the check of each match's ``teacher`` index.
 """

@@ -15,7 +15,7 @@ from torch import nn
 from textbrewer import presets
 from textbrewer.distillers._batches import AdaptorResult
 from textbrewer.distillers._kd import LossParts, combine_parts, to_float32
-from textbrewer.distillers._protocol import (
+from textbrewer.distillers._subclass_projections import (
     assigned_match_projections,
     projection_groups,
     set_match_groups,

@@ -23,7 +23,8 @@ from textbrewer.distillers._kd import (
     UsesDistillationTerms,
     combine_parts,
 )
-from textbrewer.distillers._protocol import DistillerAttributes, OwnProjections
+from textbrewer.distillers._protocol import DistillerAttributes
+from textbrewer.distillers._subclass_projections import OwnProjections
 from textbrewer.distillers.base import AbstractDistiller, _check_module, _checked_adaptor
 from textbrewer.training.arguments import TrainCall
 from textbrewer.training.plans import CachedPasses, Plan

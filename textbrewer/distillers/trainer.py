@@ -10,7 +10,7 @@ from torch import nn
 from textbrewer.configurations import TrainingConfig
 from textbrewer.distillers._batches import AdaptorResult, Route
 from textbrewer.distillers._kd import LossParts, sum_of_means
-from textbrewer.distillers._protocol import OwnProjections
+from textbrewer.distillers._subclass_projections import OwnProjections
 from textbrewer.distillers.base import AbstractDistiller, _checked_adaptor
 
 
