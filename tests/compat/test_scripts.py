@@ -283,3 +283,19 @@ def test_span_extraction_two_logits_with_the_positional_0_2_x_call(tmp_path):
     expected = _span_reference()
     for step in (3, 6):
         assert_same_state(torch.load(tmp_path / "out" / f"gs{step}.pkl"), expected[step])
+
+
+def test_notebook_cells_with_a_bert_and_the_positional_train_call(tmp_path):
+    pytest.importorskip("transformers")
+    notebook = run_script("notebook_bert", "--output_dir", tmp_path / "nb")["RESULT"]
+    documented = run_script(
+        "notebook_bert", "--output_dir", tmp_path / "doc", "--style", "documented"
+    )["RESULT"]
+    assert checkpoint_steps(tmp_path / "nb") == checkpoint_steps(tmp_path / "doc") == [3, 6]
+    for step in (3, 6):
+        ours = torch.load(tmp_path / "nb" / f"gs{step}.pkl")
+        for key, value in torch.load(tmp_path / "doc" / f"gs{step}.pkl").items():
+            assert torch.equal(ours[key], value), key
+    for a, b in zip(notebook.projs, documented.projs):
+        assert torch.equal(a.weight, b.weight)
+    assert len(notebook.projs) == 2
