@@ -318,3 +318,50 @@ def test_the_fractional_epochs_warning_points_at_the_train_call(tmp_path):
     with pytest.warns(UserWarning, match="`num_epochs`=1.5") as caught:
         distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), make_batches(2), 1.5)
     assert caught[0].filename == __file__
+
+
+def test_scheduler_args_may_be_any_mapping(tmp_path):
+    import types
+
+    args = types.MappingProxyType({"step_size": 1, "gamma": 0.5})
+    given = _distil(
+        tmp_path, "given",
+        lambda d, o, data: d.train(o, data, 1, scheduler_class=torch.optim.lr_scheduler.StepLR,
+                                   scheduler_args=args),
+    )  # fmt: skip
+    canonical = _distil(
+        tmp_path, "canonical",
+        lambda d, o, data: d.train(o, data, 1, scheduler_class=torch.optim.lr_scheduler.StepLR,
+                                   scheduler_args=dict(args)),
+    )  # fmt: skip
+    _same(given, canonical)
+
+
+def test_callbacks_as_partials_and_methods_are_called_with_model_and_step(tmp_path):
+    import functools
+
+    calls = []
+
+    def predict(model, eval_datasets, step, args):  # the MNLI example's callback signature
+        calls.append(("partial", step, eval_datasets, args))
+
+    class Evaluator:
+        def __call__(self, model, step, **others):
+            calls.append(("method", step))
+
+    def train(d, o, data):
+        d.train(o, data, 1, callback=functools.partial(predict, eval_datasets=["dev"], args=None))
+        d.train(o, data, 1, callback=Evaluator())
+
+    _distil(tmp_path, "x", train)
+    assert calls == [("partial", 4, ["dev"], None), ("method", 4)]
+
+
+def test_num_epochs_and_num_steps_together_train_by_steps(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        given = _distil(
+            tmp_path, "both", lambda d, o, data: d.train(o, data, 3, num_steps=2.0),
+            {"ckpt_steps": 1},
+        )  # fmt: skip
+    assert given[0] == [1, 2]
+    assert "training by num_steps, num_epochs is ignored" in caplog.text
