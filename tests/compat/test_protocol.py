@@ -327,3 +327,10 @@ def test_d_config_still_reads_as_a_distillation_config(tmp_path):
     copied = dataclasses.replace(distiller.d_config, temperature=5)
     assert (copied.temperature, copied.kd_loss_weight) == (5, 0.5)
     assert config.kd_loss_weight == 2
+
+
+def test_replacing_d_config_on_a_built_distiller_raises(tmp_path):
+    distiller = _basic(tmp_path)
+    distiller.d_config = distiller.d_config  # assigning the same config back is harmless
+    with pytest.raises(AttributeError, match="`d_config` cannot be replaced on a built"):
+        distiller.d_config = textbrewer.DistillationConfig(temperature=9)

@@ -112,6 +112,13 @@ class DistillerAttributes:
     def d_config(self, value: Any) -> None:
         if type(value) is DistillationConfigView:
             value = value._config
+        if "terms" in self.__dict__ and value is not self.__dict__.get("_d_config"):
+            # The losses, temperature and matches were resolved from the old one: say so.
+            raise AttributeError(
+                "`d_config` cannot be replaced on a built distiller (its losses, temperature "
+                "and matches were resolved from the first one); build a new distiller with the "
+                "new DistillationConfig"
+            )
         self.__dict__["_d_config"] = value
 
     @property
