@@ -9,6 +9,7 @@ from torch import nn
 import textbrewer
 import textbrewer.distiller_utils
 from tests.conftest import make_batches, make_models, simple_adaptor, training_config
+from tests.tensorboard_events import read_scalars
 
 MODULES = [
     "textbrewer.distiller_utils",
@@ -334,3 +335,24 @@ def test_replacing_d_config_on_a_built_distiller_raises(tmp_path):
     distiller.d_config = distiller.d_config  # assigning the same config back is harmless
     with pytest.raises(AttributeError, match="`d_config` cannot be replaced on a built"):
         distiller.d_config = textbrewer.DistillationConfig(temperature=9)
+
+
+def test_rank_local_rank_and_tb_writer_for_a_subclass_s_own_logging(tmp_path):
+    silent = _basic(tmp_path / "silent")
+    assert (silent.rank, silent.local_rank) == (0, -1)
+    silent.tb_writer.add_scalar("ignored", 1.0, 0)  # no log_dir: nothing happens
+
+    class Logging(textbrewer.BasicDistiller):
+        def train_on_batch(self, batch, args):
+            self.tb_writer.add_scalar("own/rank", self.rank, 0)
+            return super().train_on_batch(batch, args)
+
+    teacher, student = make_models()
+    logged = Logging(
+        training_config(tmp_path / "logged", log_dir=str(tmp_path / "runs")),
+        textbrewer.DistillationConfig(), teacher, student, simple_adaptor, simple_adaptor,
+    )  # fmt: skip
+    logged.train(torch.optim.SGD(student.parameters(), lr=0.1), make_batches(2), 1)
+    scalars = read_scalars(tmp_path / "runs")  # written by the end of train()
+    assert scalars["own/rank"] == [(0, 0.0), (0, 0.0)]
+    assert len(scalars["scalar/total_loss"]) == 2  # the loop's own scalars, beside them

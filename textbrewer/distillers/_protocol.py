@@ -94,10 +94,58 @@ class DistillationConfigView(DistillationConfig):
         return self._config.to_dict()
 
 
+class _NoWriter:
+    """Stands in for a tensorboard writer where nothing is written (no log_dir, or rank > 0)."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def ignore(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        return ignore
+
+
 class DistillerAttributes:
-    """``d_config`` and a settable ``kd_loss``, as 0.2.x subclasses use them."""
+    """The 0.2.x attributes subclasses use: ``d_config``, ``kd_loss``, ``rank``, ``tb_writer``."""
 
     terms: Any
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 when not distributed)."""
+        return self._engine.rank
+
+    @property
+    def local_rank(self) -> int:
+        """``TrainingConfig.local_rank``."""
+        return self.t_config.local_rank
+
+    @property
+    def tb_writer(self) -> Any:
+        """A tensorboardX writer into ``log_dir`` for a subclass's own scalars (rank 0).
+
+        Without ``log_dir``, or on other ranks, its methods do nothing. It writes its own event
+        file beside the loop's, in the same directory, so tensorboard shows both together.
+        """
+        writer = self.__dict__.get("_tb_writer")
+        if writer is None:
+            if self.t_config.log_dir is None or not self._engine.is_main:
+                writer = _NoWriter()
+            else:
+                from tensorboardX import SummaryWriter
+
+                # Its own file name: two writers opened in the same second would share one.
+                writer = SummaryWriter(log_dir=str(self.t_config.log_dir), filename_suffix=".own")
+            self.__dict__["_tb_writer"] = writer
+        return writer
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``AbstractDistiller.train``; a ``tb_writer`` the subclass used is closed at the end."""
+        try:
+            return super().train(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            writer = self.__dict__.pop("_tb_writer", None)
+            if writer is not None:
+                writer.close()  # writes what it holds; a later access opens a new one
 
     @property
     def d_config(self) -> Any:
