@@ -13,10 +13,28 @@ package beyond ``_validation``, so the configurations can use it without an impo
 from __future__ import annotations
 
 import numbers
+import os
+import sys
 import warnings
 from typing import Any
 
 from textbrewer._validation import Problems, plain_number
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn_user(message: str) -> None:
+    """``warnings.warn(message)`` pointing at the first frame outside the package.
+
+    So the warning names the user's line (their ``train()`` call or config), however deep in
+    the library it was raised. Generated code (a dataclass ``__init__``) counts as the package.
+    """
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE) or frame.f_code.co_filename == "<string>"
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def checked_ckpt_steps(value: Any, problems: Problems) -> Any:
@@ -37,11 +55,9 @@ def checked_ckpt_steps(value: Any, problems: Problems) -> Any:
         return None
     if value == int(value):
         return int(value)
-    warnings.warn(
+    warn_user(
         f"TrainingConfig `ckpt_steps`={value!r} is not a whole number: as TextBrewer 0.2.x did, "
-        f"a checkpoint is saved every int(ckpt_steps)={int(value)} optimizer steps",
-        UserWarning,
-        stacklevel=4,
+        f"a checkpoint is saved every int(ckpt_steps)={int(value)} optimizer steps"
     )
     return value
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-import warnings
 from typing import Any
 
 from textbrewer import presets
-from textbrewer._compat import layer_spec
+from textbrewer._compat import layer_spec, warn_user
 from textbrewer._validation import Problems
 
 _REQUIRED = ("layer_T", "layer_S", "feature", "loss", "weight")
@@ -58,11 +57,9 @@ class IntermediateMatch:
         if unknown:
             # TextBrewer 0.2.x read the keys it knew and ignored the rest (e.g. a note, or a
             # 'name' used by the script itself): keep training, but say they do nothing.
-            warnings.warn(
+            warn_user(
                 f"`{prefix}` has key(s) {unknown} that no match reads (known: "
-                f"{list(_ALL_KEYS)}); they are ignored",
-                UserWarning,
-                stacklevel=5,
+                f"{list(_ALL_KEYS)}); they are ignored"
             )
         missing = [key for key in _REQUIRED if key not in entry]
         if missing:

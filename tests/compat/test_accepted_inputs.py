@@ -365,3 +365,12 @@ def test_num_epochs_and_num_steps_together_train_by_steps(tmp_path, caplog):
         )  # fmt: skip
     assert given[0] == [1, 2]
     assert "training by num_steps, num_epochs is ignored" in caplog.text
+
+
+def test_config_warnings_point_at_the_users_line(tmp_path):
+    with pytest.warns(UserWarning, match="`ckpt_steps`=2.5") as caught:
+        _training(tmp_path, ckpt_steps=2.5)
+    assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match="no match reads") as caught:
+        textbrewer.DistillationConfig(intermediate_matches=[{**MATCH, "extra": 1}])
+    assert caught[0].filename == __file__

@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import numbers
-import warnings
 from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
 
+from textbrewer._compat import warn_user
 from textbrewer._validation import plain_number
 
 logger = logging.getLogger(__name__)
@@ -216,11 +216,9 @@ def _checked_length(name: str, value: Any) -> Any:
         else "the weight schedules count num_steps steps, and no final checkpoint is saved "
         "unless a multiple of ckpt_steps falls on the last step"
     )
-    warnings.warn(
+    warn_user(
         f"`{name}`={value!r} is not a whole number: as TextBrewer 0.2.x did, training runs "
-        f"int({name})={int(value)} {unit}; {what}",
-        UserWarning,
-        stacklevel=5,  # the user's train() call
+        f"int({name})={int(value)} {unit}; {what}"
     )
     return value
 
