@@ -60,6 +60,7 @@ DISTILLATION_DEFAULTS = [
     ("probability_shift", False),
     ("intermediate_matches", None),
     ("is_caching_logits", False),
+    ("kd_loss_t2_scaling", False),  # beyond 0.2.x, opt-in
 ]
 
 SINGLE_LAYER_LOSSES = [
@@ -207,6 +208,7 @@ def test_str_of_a_distillation_config_is_one_name_colon_value_line_per_field_in_
         "probability_shift : False",
         "intermediate_matches : None",
         "is_caching_logits : False",
+        "kd_loss_t2_scaling : False",
     ]
 
 
@@ -526,7 +528,7 @@ def known(*names):
         (
             {"kd_loss_type": "kl_div"},
             r"`kd_loss_type`='kl_div' is not in KD_LOSS_MAP",
-            known("ce", "kl", "mse", "reverse_kl"),
+            known("bce", "ce", "jsd", "kl", "mse", "reverse_kl"),
         ),
         (
             {"kd_loss_weight_scheduler": "cosine"},

@@ -27,6 +27,18 @@ B, H, L, D = 2, 3, 5, 4
 MASK = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
 
 
+@pytest.fixture(autouse=True, params=["plain", "memory"])
+def path(request, monkeypatch):
+    """Every test runs on both implementations: the plain autograd formulas the losses choose
+    for small inputs, and the memory-saving functions they choose for large ones (forced here
+    by thresholds of 0)."""
+    if request.param == "memory":
+        monkeypatch.setattr(losses, "_PLAIN_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(losses, "_PLAIN_MAX_SQUARES", 0)
+        monkeypatch.setattr(losses, "_PLAIN_MAX_ATTENTION", 0)
+    return request.param
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny tensors: a second intra-op thread only adds wake-up latency (ms per softmax when the
@@ -537,6 +549,7 @@ def small_chunks(monkeypatch):
     """Chunks of 7 rows of 50 classes, so 33 rows make 5 chunks, the last one of 5 rows."""
     monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 7 * 50)
     monkeypatch.setattr(losses, "_MIN_CHUNK_ELEMENTS", 7 * 50)
+    monkeypatch.setattr(losses, "_PLAIN_MAX_ELEMENTS", 0)  # the chunked path at any size
     bounds = losses._chunk_bounds(torch.empty(33, 50))
     assert bounds[-1] == (28, 33)
     assert len(bounds) == 5
@@ -604,7 +617,7 @@ def test_teacher_gradient_is_not_computed_when_not_required():
 
 
 @pytest.mark.parametrize(("loss", "kind"), CHUNKED, ids=ids(CHUNKED))
-def test_divergence_saves_only_its_inputs(loss, kind):
+def test_divergence_saves_only_its_inputs(small_chunks, loss, kind):
     g = generator(10)
     S = torch.randn(2, 3, 40, generator=g, requires_grad=True)
     T = torch.randn(2, 3, 40, generator=g)
@@ -617,7 +630,9 @@ def test_divergence_saves_only_its_inputs(loss, kind):
 
 
 @pytest.mark.parametrize("loss", [att_mse_loss, att_ce_loss], ids=lambda f: f.__name__)
-def test_masked_attention_losses_save_only_inputs_and_mask_views(loss):
+def test_masked_attention_losses_save_only_inputs_and_mask_views(loss, path):
+    if path == "plain":
+        pytest.skip("the plain formula saves what autograd saves")
     S, T = attention_inputs()
     value = loss(S, T, mask=MASK)
     name = "_SquaredErrorSumBackward" if loss is att_mse_loss else "_SoftmaxDivergenceSumBackward"

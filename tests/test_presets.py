@@ -8,10 +8,10 @@ import torch
 from packaging.version import Version
 
 import textbrewer
-from textbrewer import presets, projections, schedulers
+from textbrewer import losses, presets, projections, schedulers
 
 SPEC_KEYS = {
-    "KD_LOSS_MAP": {"ce", "mse", "kl", "reverse_kl"},
+    "KD_LOSS_MAP": {"ce", "mse", "kl", "reverse_kl", "jsd", "bce"},
     "MATCH_LOSS_MAP": {
         "attention_mse_sum",
         "attention_mse",
@@ -99,11 +99,28 @@ def test_features_and_adaptor_keys_are_the_spec_lists():
     ]
 
 
-@pytest.mark.parametrize(
-    "registry", ["KD_LOSS_MAP", "MATCH_LOSS_MAP", "PROJ_MAP", "WEIGHT_SCHEDULER"]
-)
+@pytest.mark.parametrize("registry", ["MATCH_LOSS_MAP", "PROJ_MAP", "WEIGHT_SCHEDULER"])
 def test_the_registries_are_plain_dicts(registry):
     assert type(getattr(presets, registry)) is dict
+
+
+def test_kd_loss_map_is_a_dict_that_builds_losses_with_options():
+    registry = presets.KD_LOSS_MAP
+    assert isinstance(registry, dict)
+    assert registry["ce"] is losses.kd_ce_loss  # plain lookups are untouched
+    assert ["jsd", 0.3] in registry
+    assert ["nope", 1] not in registry
+    S, T = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    for key in (["jsd", 0.3], ("jsd", 0.3), ["jsd", {"beta": 0.3}]):
+        built = registry[key]
+        assert built.supports_logits_mask
+        assert torch.equal(built(S, T, 2.0), losses.kd_jsd_loss(S, T, 2.0, beta=0.3))
+    with pytest.raises(TypeError, match=r"KD_LOSS_MAP\['ce'\] takes no arguments"):
+        registry[["ce", 2]]
+    with pytest.raises(ValueError, match="beta"):
+        registry[["jsd", 1.5]]
+    with pytest.raises(KeyError):
+        registry[["nope", 1]]
 
 
 def test_temperature_scheduler_is_a_dict_subclass():

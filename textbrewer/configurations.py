@@ -258,7 +258,8 @@ class TrainingConfig(_Config):
     def _is_main_process(self) -> bool:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank() == 0
-        return self.local_rank <= 0
+        # Under torchrun, before any process group exists, RANK says who is rank 0.
+        return self.local_rank <= 0 and os.environ.get("RANK", "0") == "0"
 
     @property
     def precision(self) -> str:
@@ -288,7 +289,9 @@ class DistillationConfig(_Config):
             ``['cwsm', beta]``.
         hard_label_weight: weight of the sum of the student adaptor's ``losses``.
         hard_label_weight_scheduler: ``'none'`` or a key of ``WEIGHT_SCHEDULER``.
-        kd_loss_type: a key of ``KD_LOSS_MAP`` (``'ce'``, ``'mse'``, ``'kl'``, ``'reverse_kl'``).
+        kd_loss_type: a key of ``KD_LOSS_MAP`` (``'ce'``, ``'mse'``, ``'kl'``, ``'reverse_kl'``,
+            ``'jsd'``, ``'bce'``), or ``[name, *args]`` for a loss with options:
+            ``['jsd', beta]``.
         kd_loss_weight: weight of the KD loss.
         kd_loss_weight_scheduler: ``'none'`` or a key of ``WEIGHT_SCHEDULER``.
         probability_shift: swap the teacher's top logit with the true label's before KD (needs
@@ -297,6 +300,10 @@ class DistillationConfig(_Config):
             ``loss``, ``weight`` and optionally ``proj`` and ``teacher`` (the index of the
             teacher a multi-teacher match reads from; see ``IntermediateMatch``). Stored as
             ``IntermediateMatch`` objects.
+        kd_loss_t2_scaling: multiply the KD loss by the squared temperature (Hinton et al.), so
+            that its gradients keep their size as the temperature changes; with per-row
+            temperatures (a scheduler), by the mean of their squares over the kept rows. Off by
+            default, as in TextBrewer 0.2.x.
         is_caching_logits: run the teacher once over the data before training and reuse its
             logits every epoch (BasicDistiller and MultiTeacherDistiller, epoch mode).
 
@@ -318,6 +325,7 @@ class DistillationConfig(_Config):
     probability_shift: bool = False
     intermediate_matches: list[IntermediateMatch] | None = None
     is_caching_logits: bool = False
+    kd_loss_t2_scaling: bool = False
 
     def __post_init__(self) -> None:
         problems = Problems("DistillationConfig")
@@ -328,12 +336,29 @@ class DistillationConfig(_Config):
             value = none_as_no_scheduler(self, field)
             if value != "none":
                 problems.choice(field, value, presets.WEIGHT_SCHEDULER, "WEIGHT_SCHEDULER")
-        problems.choice("kd_loss_type", self.kd_loss_type, presets.KD_LOSS_MAP, "KD_LOSS_MAP")
+        self._check_kd_loss_type(problems)
+        self.kd_loss_t2_scaling = problems.flag("kd_loss_t2_scaling", self.kd_loss_t2_scaling)
         self.probability_shift = problems.flag("probability_shift", self.probability_shift)
         self.is_caching_logits = problems.flag("is_caching_logits", self.is_caching_logits)
         self._check_temperature_scheduler(problems)
         self.intermediate_matches = self._build_matches(problems)
         problems.raise_if_any()
+
+    def _check_kd_loss_type(self, problems: Problems) -> None:
+        value = self.kd_loss_type
+        if isinstance(value, tuple):
+            value = self.kd_loss_type = list(value)
+        if not isinstance(value, list):
+            problems.choice("kd_loss_type", value, presets.KD_LOSS_MAP, "KD_LOSS_MAP")
+            return
+        if not value or not isinstance(value[0], str):
+            problems.add(f"`kd_loss_type`={value!r} must be a name, or a list [name, *arguments]")
+            return
+        if problems.choice("kd_loss_type", value[0], presets.KD_LOSS_MAP, "KD_LOSS_MAP"):
+            try:  # building it once checks the arguments now rather than on the first step
+                presets.KD_LOSS_MAP[value]
+            except (TypeError, ValueError) as error:
+                problems.add(f"`kd_loss_type`={value!r}: {error}")
 
     def _check_temperature_scheduler(self, problems: Problems) -> None:
         value = none_as_no_scheduler(self, "temperature_scheduler")

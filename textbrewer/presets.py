@@ -34,13 +34,6 @@ ADAPTOR_KEYS: list[str] = [
 ]
 """Keys the distillers read from an adaptor's result."""
 
-KD_LOSS_MAP: dict[str, Callable[..., Any]] = {
-    "ce": losses.kd_ce_loss,
-    "mse": losses.kd_mse_loss,
-    "kl": losses.kd_kl_loss,
-    "reverse_kl": losses.kd_reverse_kl_loss,
-}
-"""KD losses on logits, called ``loss(logits_S, logits_T, temperature)``."""
 
 MATCH_LOSS_MAP: dict[str, Callable[..., Any]] = {
     "attention_mse_sum": losses.att_mse_sum_loss,
@@ -160,6 +153,45 @@ TEMPERATURE_SCHEDULER = DynamicKeyDict(
     cwsm=schedulers.cwsm_temperature_scheduler_builder,
 )
 """Temperature schedulers ``(logits_S, logits_T, base_T) -> T``, or builders of them."""
+
+
+class KDLossDict(DynamicKeyDict):
+    """``KD_LOSS_MAP``'s type: a dict whose list lookup ``[name, *args]`` binds a loss's options.
+
+    ``d['jsd']`` is the loss function itself; ``d[['jsd', 0.3]]`` (or ``d[['jsd', {'beta': 0.3}]]``)
+    is that loss with its option fixed, built by the function's ``builder`` attribute
+    (``losses.jsd_loss_builder``). A loss without a ``builder`` takes no arguments.
+    """
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (list, tuple)) and key:
+            entry = dict.__getitem__(self, key[0])
+            builder = getattr(entry, "builder", None)
+            if builder is None:
+                raise TypeError(
+                    f"KD_LOSS_MAP[{key[0]!r}] takes no arguments, got {list(key)!r}; give its "
+                    "name alone"
+                )
+            arguments = list(key[1:])
+            if len(arguments) == 1 and isinstance(arguments[0], dict):
+                return builder(**arguments[0])
+            return builder(*arguments)
+        return super().__getitem__(key)
+
+
+KD_LOSS_MAP = KDLossDict(
+    ce=losses.kd_ce_loss,
+    mse=losses.kd_mse_loss,
+    kl=losses.kd_kl_loss,
+    reverse_kl=losses.kd_reverse_kl_loss,
+    jsd=losses.kd_jsd_loss,
+    bce=losses.kd_bce_loss,
+)
+"""KD losses on logits, called ``loss(logits_S, logits_T, temperature)``.
+
+A plain dict of functions (a ``dict`` subclass); ``['jsd', beta]`` builds ``'jsd'`` with its
+mixing coefficient (see ``KDLossDict``).
+"""
 
 MAPS: dict[str, dict] = {
     "kd_loss": KD_LOSS_MAP,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from textbrewer import presets
+from textbrewer.training.call_errors import add_note, describe_value, is_signature_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,11 @@ def get_outputs_from_batch(
     args = args or {}
     if device == "auto":  # a 0.2.x subclass passes self.t_config.device, which may say 'auto'
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if batch is None:
+        raise TypeError(
+            "the micro-batch is None: the data source (e.g. its collate_fn) or the "
+            "batch_postprocessor produced None instead of a batch"
+        )
     raw_T, raw_S, cache = split_batch(batch)
     batch_T = move_to_device(raw_T, device)
     several = isinstance(model_T, (list, tuple))
@@ -178,12 +184,51 @@ def cached_logits_results(
 
 
 def call_model(model: Callable[..., Any], batch: Any, args: dict[str, Any]) -> Any:
-    """Calls ``model(**batch, **args)`` for a dict batch and ``model(*batch, **args)`` otherwise."""
-    if isinstance(batch, Mapping):
-        return model(**batch, **args)
-    if isinstance(batch, (list, tuple)):
-        return model(*batch, **args)
-    return model(batch, **args)
+    """Calls ``model(**batch, **args)`` for a dict batch and ``model(*batch, **args)`` otherwise.
+
+    Raises:
+        TypeError: the model does not take the batch's keys or items (or ``args``); the
+            message says how the batch is passed and what to change.
+    """
+    try:
+        if isinstance(batch, Mapping):
+            return model(**batch, **args)
+        if isinstance(batch, (list, tuple)):
+            return model(*batch, **args)
+        return model(batch, **args)
+    except TypeError as error:
+        if not is_signature_mismatch(error):
+            raise
+        raise TypeError(
+            f"calling {type(model).__name__} on the batch failed: {error}. A dict batch is passed "
+            "as model(**batch, **args) (each key a keyword argument), a tuple or list as "
+            f"model(*batch, **args); this batch is {describe_value(batch)}, and `args` (the "
+            f"extra keywords of train()) are {sorted(args)}. Drop or rename what the model's "
+            "forward does not take (e.g. in a batch_postprocessor), or give each model its own "
+            "inputs with a {'teacher': ..., 'student': ...} batch"
+        ) from error
+
+
+def call_adaptor(adaptor: Callable[..., Any], batch: Any, outputs: Any, who: str) -> Any:
+    """``adaptor(batch, outputs)``; an error says which adaptor failed and what it was given.
+
+    Raises:
+        TypeError: the adaptor does not take ``(batch, model_outputs)``.
+    """
+    try:
+        return adaptor(batch, outputs)
+    except Exception as error:
+        if is_signature_mismatch(error):
+            raise TypeError(
+                f"{who} is called as {who}(batch, model_outputs), with two arguments, and "
+                f"failed: {error}"
+            ) from error
+        add_note(
+            error,
+            f"(raised in {who}(batch, model_outputs); model_outputs is "
+            f"{describe_value(outputs)}, batch is {describe_value(batch)})",
+        )
+        raise
 
 
 class AdaptorChecker:
@@ -229,9 +274,20 @@ class AdaptorChecker:
                 )
 
 
+_NONE_HINTS = {
+    "losses": "a Hugging Face model returns `loss` only when the batch holds `labels`",
+    "logits": "the model returned no logits here",
+}
+
+
 def _as_tensor_list(value: Any, who: str, key: str) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
+    if value is None:
+        raise TypeError(
+            f"{who}: `{key}` is None ({_NONE_HINTS.get(key, 'the model returned none')}); "
+            f"return a tensor, or leave the key out when there is none"
+        )
     if isinstance(value, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in value):
         return list(value)
     raise TypeError(

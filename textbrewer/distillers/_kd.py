@@ -106,13 +106,21 @@ class KDLoss:
     """Computes ``sum_i KD(logits_S[i], logits_T[i], T_i)`` the way the SPEC orders it.
 
     Per pair: ``logits_mask`` selection, then the probability shift, then the temperature
-    scheduler on that pair, then the KD loss.
+    scheduler on that pair, then the KD loss (times the mean squared temperature with
+    ``t2_scaling``).
+
+    Built-in losses and schedulers (``supports_logits_mask``) get the whole logits and the mask,
+    and average over the kept rows: the same numbers as selecting them, with no shape that
+    depends on the mask's values, so a GPU step does not wait for it. That needs one mask for
+    both sides: the same tensor from both adaptors (or, on the CPU, equal ones). Otherwise (a
+    user-registered loss or scheduler, or different masks) the rows are selected, as 0.2.x does.
 
     Args:
         loss: a ``KD_LOSS_MAP`` function ``(logits_S, logits_T, temperature)``.
         temperature: the base temperature.
         temperature_scheduler: ``(logits_S, logits_T, base_T) -> T`` or ``None``.
         probability_shift: whether to shift the teacher's probabilities towards the labels.
+        t2_scaling: multiply each pair's loss by the mean over its kept rows of ``T²``.
     """
 
     def __init__(
@@ -121,12 +129,17 @@ class KDLoss:
         temperature: float,
         temperature_scheduler: _TemperatureScheduler,
         probability_shift: bool,
+        t2_scaling: bool = False,
     ) -> None:
         self.loss = loss
         self.temperature = temperature
         self.temperature_scheduler = temperature_scheduler
         self.last_temperature: Any = None  # the scheduler's last answer, for logging
         self.probability_shift = probability_shift
+        self.t2_scaling = t2_scaling
+        self.masks_in_place = _supports_mask(loss) and (
+            temperature_scheduler is None or _supports_mask(temperature_scheduler)
+        )
 
     def __call__(
         self,
@@ -145,28 +158,140 @@ class KDLoss:
         total = None
         for index, (student, teacher) in enumerate(zip(logits_S, logits_T)):
             mask_S, mask_T = _mask_for(masks_S, index), _mask_for(masks_T, index)
-            student = select_rows(to_float32(student), mask_S)
-            teacher = select_rows(to_float32(teacher), mask_T)
+            check_logits_mask(mask_S, student, "adaptor_S", index)
+            check_logits_mask(mask_T, teacher, "adaptor_T", index)
+            student, teacher, mask = self._rows(student, teacher, mask_S, mask_T, index)
             if self.probability_shift:
-                teacher = probability_shift(teacher, select_rows_of_labels(labels[index], mask_S))
-            temperature = self._temperature(student, teacher)
-            loss = self.loss(student, teacher, temperature)
+                teacher = probability_shift(teacher, _labels_of_rows(labels[index], mask_S, mask))
+            temperature = self._temperature(student, teacher, mask)
+            if mask is None:
+                loss = self.loss(student, teacher, temperature)
+            else:
+                loss = self.loss(student, teacher, temperature, logits_mask=mask)
+            if self.t2_scaling:
+                loss = loss * mean_square(temperature, mask, student)
             total = loss if total is None else total + loss
         return total
 
-    def _temperature(self, student: torch.Tensor, teacher: torch.Tensor) -> Any:
+    def _rows(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        mask_S: torch.Tensor | None,
+        mask_T: torch.Tensor | None,
+        index: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(student, teacher, mask for the loss)``: in place when possible, else selected."""
+        used_S = mask_S is not None and student.dim() == 3
+        used_T = mask_T is not None and teacher.dim() == 3
+        if self.masks_in_place and used_S and used_T and _same_mask(mask_S, mask_T):
+            return student, teacher, mask_S
+        if not self.masks_in_place:
+            # A user's function gets float32, as it always did (built-ins upcast per chunk).
+            student, teacher = to_float32(student), to_float32(teacher)
+        student, teacher = select_rows(student, mask_S), select_rows(teacher, mask_T)
+        if (used_S or used_T) and student.shape != teacher.shape:
+            raise ValueError(
+                f"logits_mask: logits pair {index} keeps {_rows_text(student, used_S)} of the "
+                f"student's logits but {_rows_text(teacher, used_T)} of the teacher's; the "
+                "student's logits_mask (adaptor_S) and the teacher's (adaptor_T) must keep the "
+                "same number of rows, or have the same shape, as the logits they select"
+            )
+        return student, teacher, None
+
+    def _temperature(self, student: torch.Tensor, teacher: torch.Tensor, mask: Any) -> Any:
         if self.temperature_scheduler is None:
             return self.temperature
-        temperature = self.temperature_scheduler(
-            student.detach(), teacher.detach(), self.temperature
-        )
+        student, teacher = student.detach(), teacher.detach()
+        if mask is None:
+            temperature = self.temperature_scheduler(student, teacher, self.temperature)
+        else:
+            temperature = self.temperature_scheduler(
+                student, teacher, self.temperature, logits_mask=mask
+            )
         if callable(temperature):
             raise TypeError(
                 "the temperature scheduler returned a function: it is a builder that needs its "
                 "arguments, e.g. temperature_scheduler=['flsw', beta, gamma]"
             )
-        self.last_temperature = temperature
+        self.last_temperature = (
+            temperature if mask is None else masked_mean(temperature, mask, student)
+        )
         return temperature
+
+
+def _supports_mask(function: Any) -> bool:
+    return getattr(function, "supports_logits_mask", False) is True
+
+
+def _same_mask(mask_S: torch.Tensor, mask_T: torch.Tensor) -> bool:
+    """Whether two masks are known equal without reading a device's memory back."""
+    if mask_S is mask_T:
+        return True
+    if mask_S.shape != mask_T.shape or mask_S.device != mask_T.device:
+        return False
+    if (mask_S.data_ptr(), mask_S.stride(), mask_S.dtype) == (
+        mask_T.data_ptr(),
+        mask_T.stride(),
+        mask_T.dtype,
+    ):
+        return True  # views of the same memory
+    # On the CPU comparing the values costs no device sync.
+    return mask_S.device.type == "cpu" and torch.equal(mask_S != 0, mask_T != 0)
+
+
+def _rows_text(logits: torch.Tensor, masked: bool) -> str:
+    rows = logits.shape[:-1].numel() if logits.dim() > 1 else 1
+    how = "selected by its logits_mask" if masked else "without a logits_mask"
+    return f"{rows} row(s) ({how}, shape {tuple(logits.shape)})"
+
+
+def check_logits_mask(
+    mask: torch.Tensor | None, logits: torch.Tensor, who: str, index: int
+) -> None:
+    """A ``logits_mask`` must be (batch, length) for 3-D logits (it is unused for 2-D ones)."""
+    if mask is None or logits.dim() != 3:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.shape != logits.shape[:-1]:
+        got = (
+            f"shape {tuple(mask.shape)}"
+            if isinstance(mask, torch.Tensor)
+            else f"type {type(mask).__name__}"
+        )
+        raise ValueError(
+            f"{who} returned a logits_mask of {got} for logits tensor {index} of shape "
+            f"{tuple(logits.shape)}: it must be a (batch, length) mask of shape "
+            f"{tuple(logits.shape[:-1])}, nonzero at the rows to distil"
+        )
+
+
+def _labels_of_rows(
+    labels: torch.Tensor, mask_S: torch.Tensor | None, mask: torch.Tensor | None
+) -> torch.Tensor:
+    if mask is None:
+        return select_rows_of_labels(labels, mask_S)
+    if labels.shape != mask.shape:
+        return labels  # probability_shift names the shapes
+    # Rows outside the mask keep the teacher's logits (a label < 0 means "unchanged").
+    return torch.where(mask != 0, labels.long(), -1)
+
+
+def masked_mean(values: Any, mask: torch.Tensor, logits: torch.Tensor) -> Any:
+    """The mean of per-row ``values`` over the rows ``mask`` keeps (numbers pass through)."""
+    if not isinstance(values, torch.Tensor) or values.shape != logits.shape[:-1]:
+        return values.mean() if isinstance(values, torch.Tensor) else values
+    kept = (mask != 0).to(device=values.device, dtype=values.dtype)
+    return (values * kept).sum() / kept.sum()
+
+
+def mean_square(temperature: Any, mask: torch.Tensor | None, logits: torch.Tensor) -> Any:
+    """``T²``, or the mean of ``T_n²`` over the kept rows for a per-row temperature."""
+    if not isinstance(temperature, torch.Tensor):
+        return temperature**2
+    square = temperature.detach().square()
+    if mask is not None:
+        return masked_mean(square, mask, logits)
+    return square.mean()
 
 
 def sum_of_means(losses: list[torch.Tensor]) -> torch.Tensor:
@@ -236,6 +361,7 @@ class DistillationTerms:
             if scheduler == "none"
             else presets.resolve(presets.TEMPERATURE_SCHEDULER, scheduler, "temperature_scheduler"),
             config.probability_shift,
+            getattr(config, "kd_loss_t2_scaling", False),
         )
         self.schedules = {
             field: presets.resolve(presets.WEIGHT_SCHEDULER, name, f"{field}_scheduler")

@@ -13,6 +13,13 @@ import torch
 from torch import nn
 
 from textbrewer import presets
+from textbrewer.distillers._adaptor_checks import (
+    check_inputs_mask,
+    check_mask_fits,
+    check_projection_input,
+    checked_layers,
+    has_layer,
+)
 from textbrewer.distillers._batches import AdaptorResult
 from textbrewer.distillers._kd import LossParts, combine_parts, to_float32
 from textbrewer.distillers._subclass_projections import (
@@ -124,6 +131,11 @@ class MatchComputer:
                 self.param_options.append(options)
         self.device = device
         self.projections = ProjectionBank(layers).to(device)
+        # The input layer of each projection, whose size and dtype the student's feature must fit.
+        self._first_linear = [
+            next((m for m in layer.modules() if isinstance(m, nn.Linear)), None) for layer in layers
+        ]
+        self._mask_checked = False
         self.project: nn.Module = self.projections
         self.custom = [
             CustomMatch.from_entry(entry, i) for i, entry in enumerate(custom_matches or [])
@@ -176,9 +188,14 @@ class MatchComputer:
             features_S = [self._features(results_S, m, i, "S") for i, m in enumerate(self.matches)]
             features_S = self._projected(features_S)
             mask = results_S.get("inputs_mask")
+            if not self._mask_checked:  # its values are read once: no sync on later steps
+                check_inputs_mask(mask)
+                self._mask_checked = True
             for index, (match, student) in enumerate(zip(self.matches, features_S)):
                 teacher = self._features(teachers[match.teacher or 0], match, index, "T")
                 _check_shapes(self.infos[index], student, teacher, match, index)
+                if self.infos[index] is not None and match.loss not in ("pkd",):
+                    check_mask_fits(mask, student, match, index)
                 loss = self.functions[index](student, teacher, mask=mask)
                 parts.append((_part_name(match), loss, match.weight))
         parts.extend(self._custom_parts(results_S, teachers))
@@ -191,11 +208,11 @@ class MatchComputer:
                 f"intermediate_matches[{index}] ({_part_name(match)[len('unweighted_') :]}) needs "
                 f"{who} to return {match.feature!r}; it returned keys {sorted(results)}"
             )
-        layers = results[match.feature]
+        layers = checked_layers(results, match, index, side)
         wanted = getattr(match, f"layer_{side}")
         picks = wanted if isinstance(wanted, list) else [wanted]
         for layer in picks:
-            if not -len(layers) <= layer < len(layers):
+            if not has_layer(layers, layer):
                 raise IndexError(
                     f"intermediate_matches[{index}]: layer_{side}={layer} is out of range of "
                     f"{who}'s {match.feature!r} list of length {len(layers)}"
@@ -209,7 +226,12 @@ class MatchComputer:
         flat, which, places = [], [], []
         for index, projection in self.projection_of.items():
             items = features[index] if isinstance(features[index], list) else [features[index]]
+            linear = self._first_linear[projection]
             for position, item in enumerate(items):
+                if linear is not None:
+                    match = self.matches[index]
+                    dim_in, dtype = linear.in_features, linear.weight.dtype
+                    check_projection_input(item, dim_in, match, index, dtype)
                 flat.append(item)
                 which.append(projection)
                 places.append((index, position))

@@ -221,6 +221,10 @@ def use_match_projections(matches: Any, projs: Any, groups: Any, owner: str) -> 
     matches.project = matches.projections
     matches.projection_of = projection_of
     matches.param_options = options
+    # The input layer of each projection, whose size and dtype the student's feature must fit.
+    matches._first_linear = [
+        next((m for m in layer.modules() if isinstance(m, nn.Linear)), None) for layer in layers
+    ]
     return projs
 
 

@@ -20,7 +20,6 @@ from textbrewer.distillers._kd import (
     DistillationTerms,
     check_lengths,
     check_logits_sides,
-    select_rows,
     to_float32,
 )
 
@@ -86,15 +85,14 @@ class TeacherCombination:
         if not all("logits" in result for result in results_T):
             return {}
         check_logits_counts(results_T)
+        averaged = [
+            self.mean([to_float32(result["logits"][position]) for result in results_T])
+            for position in range(len(results_T[0]["logits"]))
+        ]
         masks = results_T[0].get("logits_mask")
-        averaged = []
-        for position in range(len(results_T[0]["logits"])):
-            mask = None if not masks else masks[0] if len(masks) == 1 else masks[position]
-            selected = [
-                select_rows(to_float32(result["logits"][position]), mask) for result in results_T
-            ]
-            averaged.append(self.mean(selected))
-        return {"logits": averaged}
+        # Averaging whole rows and letting the KD loss apply teacher 0's masks gives the numbers
+        # of selecting first, without a shape that depends on the masks' values.
+        return {"logits": averaged, "logits_mask": masks} if masks else {"logits": averaged}
 
     def mean_of_losses(
         self,

@@ -19,17 +19,20 @@ import torch
 from torch import nn
 
 from textbrewer.configurations import DistillationConfig, TrainingConfig
+from textbrewer.distillers._adaptor_checks import first_batch_checks
 from textbrewer.distillers._batches import (
     AdaptedOutputs,
     AdaptorChecker,
     AdaptorResult,
     Route,
     cached_logits_results,
+    call_adaptor,
     get_outputs_from_batch,
 )
 from textbrewer.distillers._kd import LossParts
 from textbrewer.distillers._protocol import batch_result
 from textbrewer.training import checkpoint as ckpt
+from textbrewer.training import faults
 from textbrewer.training.arguments import (
     SINGLE_SOURCE,
     CallStyle,
@@ -37,6 +40,7 @@ from textbrewer.training.arguments import (
     check_postprocessors,
     parse_train_call,
 )
+from textbrewer.training.call_checks import check_call
 from textbrewer.training.engine import Engine, unwrap
 from textbrewer.training.plans import CycledLoader, EpochPlan, LoaderPasses, Plan, StepPlan
 from textbrewer.training.run_report import TrainResult
@@ -95,6 +99,7 @@ class AbstractDistiller:
         self.model_S = model_S.to(self.device)
         self.adaptor_S = adaptor_S
         self._check_result = AdaptorChecker()
+        self._first_batch_checked = False
         self._saved_modes: list[list[bool]] = []
         self._ddp_modules: list[nn.Module] = []
         self._wrappers: dict[int, nn.Module] = {}
@@ -184,11 +189,14 @@ class AbstractDistiller:
                 self._adapt(adaptor, batch_T, output, name)
                 for adaptor, output, name in zip(route.adaptors_T, outputs, route.names_T)
             ]
-        results_S = self._check_result(route.adaptor_S(batch_S, outputs_S), route.name_S)
+        outputs = call_adaptor(route.adaptor_S, batch_S, outputs_S, route.name_S)
+        results_S = self._check_result(outputs, route.name_S)
         if route.cached_logits is not None:
             results_T = cached_logits_results(route.cached_logits, results_S, self.device)
         if results_T is not None and not route.several:
             results_T = results_T[0]
+        if not self._first_batch_checked and self.d_config is not None:
+            first_batch_checks(self, results_S, results_T)
         return results_S, results_T
 
     def _route(self, batch: Any) -> Route:
@@ -207,7 +215,7 @@ class AbstractDistiller:
     def _adapt(self, adaptor: Any, batch: Any, outputs: Any, name: str) -> AdaptorResult:
         if isinstance(outputs, AdaptedOutputs):  # stored results: the adaptor already ran
             return self._check_result(dict(outputs), name)
-        return self._check_result(adaptor(batch, outputs), name)
+        return self._check_result(call_adaptor(adaptor, batch, outputs, name), name)
 
     # ----------------------------------------------------------------- modes
     def __enter__(self) -> AbstractDistiller:
@@ -264,12 +272,18 @@ class AbstractDistiller:
         try:
             with self._wrapped_for_training():
                 self._run(session)
+        except KeyboardInterrupt:
+            faults.report_interrupt(session)  # pending scalars written, how to resume logged
+            raise
         finally:
             session.close()
             self._restore_modes(previous_modes)
         return session.finish()
 
     def _open_session(self, call: TrainCall) -> Session:
+        student, teachers, extras = unwrap(self.model_S), self.teachers(), self.extra_modules()
+        check_call(call, self._call_style.data_name, student, teachers, extras)
+        faults.prepare_output_dir(self.t_config.output_dir, self._engine.is_main)
         plan = self._build_plan(call)
         scheduler = prepare_optimizer(call, self.extra_param_groups())
         session = Session(call, plan, scheduler, self._engine, self.t_config)
@@ -355,6 +369,9 @@ class AbstractDistiller:
         lifecycle.delete_surplus()  # only now that the new files are on disk
 
     def _save_student(self, path: Any) -> None:
+        modules = {"": unwrap(self.model_S)}
+        modules.update({f"extra_modules[{i}]": m for i, m in enumerate(self.extra_modules())})
+        faults.check_finite_weights(modules, path)
         if self._engine.is_main:
             ckpt.atomic_save(unwrap(self.model_S).state_dict(), path)
             logger.info("Saved checkpoint %s", path)

@@ -101,7 +101,10 @@ class TrainCall:
 
 def _is_data_source(value: Any) -> bool:
     is_scheduler = hasattr(value, "step") and hasattr(value, "state_dict")
-    return value is not None and not is_scheduler and hasattr(value, "__iter__")
+    # A map-style Dataset iterates through __getitem__ and has no __iter__: still data (and
+    # then refused or warned about with a message that says to wrap it in a DataLoader).
+    iterable = hasattr(value, "__iter__") or isinstance(value, torch.utils.data.Dataset)
+    return value is not None and not is_scheduler and iterable
 
 
 def parse_train_call(
@@ -159,7 +162,12 @@ def _check(call: TrainCall) -> None:
         raise TypeError(f"`scheduler_class`={call.scheduler_class!r} must be callable")
     if call.scheduler_args is not None and not isinstance(call.scheduler_args, Mapping):
         raise TypeError(f"`scheduler_args`={call.scheduler_args!r} must be a dict of keywords")
-    if call.scheduler is not None and not hasattr(call.scheduler, "step"):
+    # A class or factory function in this slot gets its own message (call_checks).
+    if (
+        call.scheduler is not None
+        and not hasattr(call.scheduler, "step")
+        and not callable(call.scheduler)
+    ):
         raise TypeError(f"`scheduler`={call.scheduler!r} must be an LR scheduler (with .step())")
     if isinstance(call.tau, bool) or not isinstance(call.tau, numbers.Real):
         raise TypeError(f"`tau`={call.tau!r} must be a number")

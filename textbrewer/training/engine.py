@@ -42,15 +42,42 @@ def resolve_device(config: TrainingConfig) -> torch.device:
                 "on this machine; pass device='cpu' to train on the CPU, or device='auto' to use "
                 "CUDA only where it is available"
             )
-        if device.index is None and config.local_rank >= 0:
-            device = torch.device("cuda", config.local_rank)
+        local_rank = config.local_rank if config.local_rank >= 0 else launcher_local_rank()
+        if device.index is None and local_rank >= 0:
+            device = torch.device("cuda", local_rank)
     return device
+
+
+def launched_distributed() -> bool:
+    """Whether a launcher such as ``torchrun`` started this process as one of several.
+
+    That is ``WORLD_SIZE`` > 1 in the environment, with ``RANK`` or ``LOCAL_RANK`` set.
+    """
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return False
+    return world_size > 1 and ("RANK" in os.environ or "LOCAL_RANK" in os.environ)
+
+
+def launcher_local_rank() -> int:
+    """``LOCAL_RANK`` of a distributed launch (see ``launched_distributed``), else ``-1``."""
+    if not launched_distributed():
+        return -1
+    try:
+        return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "-1")))
+    except ValueError:
+        return -1
 
 
 def _wants_distributed(config: TrainingConfig) -> bool:
     if config.local_rank >= 0:
         return True
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    # torchrun without `local_rank` in the config (SPEC §10, a declared deviation: TextBrewer
+    # 0.2.x ran N independent copies that all wrote the same checkpoint files).
+    return dist.is_available() and launched_distributed()
 
 
 def _init_process_group(device: torch.device) -> None:
@@ -63,7 +90,8 @@ def _init_process_group(device: torch.device) -> None:
     ]
     if missing:
         raise RuntimeError(
-            f"TrainingConfig `local_rank`>=0 asks for distributed training, but no process group "
+            "distributed training was asked for (TrainingConfig `local_rank`>=0, or WORLD_SIZE>1 "
+            "in the environment), but no process group "
             f"is initialised and the environment lacks {missing}: launch with `torchrun` or call "
             "torch.distributed.init_process_group() first"
         )
@@ -85,6 +113,12 @@ class Engine:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
         self.rank = dist.get_rank() if self.distributed else 0
+        if self.distributed and self.rank == 0:
+            logger.info(
+                "DistributedDataParallel on: %d processes, backend %s",
+                dist.get_world_size(),
+                dist.get_backend(),
+            )
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.data_parallel = config.data_parallel
         self.precision = config.precision

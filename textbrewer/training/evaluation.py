@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from textbrewer.configurations import TrainingConfig
+from textbrewer.training.call_errors import add_note, is_signature_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,20 @@ class Evaluation:
         """Runs the callback on ``model`` (then puts it back in train mode); returns its metrics."""
         if self.callback is None:
             return {}
-        returned = self.callback(model=model, step=step)
+        try:
+            returned = self.callback(model=model, step=step)
+        except Exception as error:
+            if is_signature_mismatch(error):
+                raise TypeError(
+                    f"the callback is called as callback(model=..., step=...), by keyword, and "
+                    f"failed: {error}; define it as def callback(model, step): ..."
+                ) from error
+            add_note(
+                error,
+                f"(raised by the callback at optimizer step {step}; a checkpoint of this step "
+                "was written before the callback ran)",
+            )
+            raise
         model.train()
         metrics = self.metrics_from(returned)
         if self.engine is not None and self.engine.distributed:

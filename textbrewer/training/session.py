@@ -20,12 +20,14 @@ from tqdm.auto import tqdm
 from textbrewer.configurations import TrainingConfig
 from textbrewer.training import checkpoint as ckpt
 from textbrewer.training.arguments import TrainCall
+from textbrewer.training.call_checks import build_scheduler
 from textbrewer.training.engine import Engine
 from textbrewer.training.evaluation import Evaluation, check_evaluation, report_metrics
 from textbrewer.training.lifecycle import CheckpointLifecycle, check_continuation, resume_source
 from textbrewer.training.loss_log import LossLog
 from textbrewer.training.plans import Plan
 from textbrewer.training.run_report import RunMonitor, TrainResult, log_end_summary, start_facts
+from textbrewer.training.state_parts import OptimizerPart, SchedulerPart
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +96,12 @@ class Session:
         self.resumed_from: Path | None = None
         self.stateful: dict[str, Stateful] = {
             "progress": self.progress,
-            "optimizer": call.optimizer,
+            "optimizer": OptimizerPart(call.optimizer),
             "scaler": engine.scaler,
             "lifecycle": self.lifecycle,
         }
         if scheduler is not None:
-            self.stateful["scheduler"] = scheduler
+            self.stateful["scheduler"] = SchedulerPart(scheduler)
 
     @property
     def optimizer(self) -> Any:
@@ -200,7 +202,7 @@ class Session:
         path = resume_source(resume_from, config.output_dir, config.save_training_state)
         if path is None:
             return
-        state = _upgraded(ckpt.load_state_file(path), set(self.stateful))
+        state = _upgraded(ckpt.load_resumable(path), set(self.stateful))
         saved_step = state["parts"]["progress"]["global_step"]
         check_continuation(state.get("plan"), self.plan.describe(), saved_step, path)
         saved, expected = set(state["parts"]), set(self.stateful)
@@ -266,4 +268,4 @@ def prepare_optimizer(call: TrainCall, extra_groups: list[dict[str, Any]]) -> An
         return call.scheduler
     if call.scheduler is not None:
         logger.warning("both `scheduler` and `scheduler_class` given: scheduler_class is used")
-    return call.scheduler_class(optimizer=call.optimizer, **(call.scheduler_args or {}))
+    return build_scheduler(call.scheduler_class, call.optimizer, call.scheduler_args)
