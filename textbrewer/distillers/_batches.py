@@ -16,6 +16,7 @@ from textbrewer.training.call_errors import add_note, describe_value, is_signatu
 logger = logging.getLogger(__name__)
 
 _LIST_KEYS = ("logits", "logits_mask", "labels", "losses")
+_NONE_MEANS_ABSENT = ("labels", "logits_mask", "inputs_mask")
 
 
 class AdaptorResult(TypedDict, total=False):
@@ -252,9 +253,14 @@ class AdaptorChecker:
                 f"{who} must return a dict with keys among {presets.ADAPTOR_KEYS}, "
                 f"got {type(result).__name__}"
             )
-        # A key whose value is None is absent (e.g. a Hugging Face output's `loss` without
-        # labels): TextBrewer 0.2.x trained on such results as long as the key went unused.
-        normalised = {key: value for key, value in result.items() if value is not None}
+        # `labels`, `logits_mask` or `inputs_mask` set to None mean "none": TextBrewer 0.2.x
+        # trained on such results (e.g. labels=None without probability_shift). A None where
+        # something is computed from it (`logits`, `losses`, features) stays an error below.
+        normalised = {
+            key: value
+            for key, value in result.items()
+            if value is not None or key not in _NONE_MEANS_ABSENT
+        }
         for key in _LIST_KEYS:
             if key in normalised:
                 normalised[key] = _as_tensor_list(normalised[key], who, key)

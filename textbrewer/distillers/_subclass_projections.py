@@ -159,6 +159,36 @@ class OwnProjections:
         ]
 
 
+class ProjectionList(list):
+    """``projs`` of a distiller with matches: in match order, ``None`` where there is none.
+
+    It also converts its projections like a module: ``distiller.projs.double()``,
+    ``.to(dtype)``, ``.parameters()``.
+    """
+
+    def _modules(self) -> list[nn.Module]:
+        return [proj for proj in self if proj is not None]
+
+    def to(self, *args: Any, **kwargs: Any) -> ProjectionList:
+        """Calls ``.to(*args, **kwargs)`` on every projection; returns the list."""
+        for proj in self._modules():
+            proj.to(*args, **kwargs)
+        return self
+
+    def double(self) -> ProjectionList:
+        """Every projection in float64."""
+        return self.to(torch.float64)
+
+    def float(self) -> ProjectionList:
+        """Every projection in float32."""
+        return self.to(torch.float32)
+
+    def parameters(self) -> Any:
+        """The parameters of every projection, in order."""
+        for proj in self._modules():
+            yield from proj.parameters()
+
+
 class _ThroughBank(nn.Module):
     """One projection of a (DDP-wrapped) projection bank, called through the wrapper."""
 
@@ -178,7 +208,7 @@ class _ThroughBank(nn.Module):
         return self._layer.parameters(recurse)
 
 
-def match_projections(matches: Any) -> list[nn.Module | None]:
+def match_projections(matches: Any) -> ProjectionList:
     """``projs`` of a distiller with matches: match order, ``None`` where there is none.
 
     Projections assigned beyond the last match follow. While the bank is wrapped (DDP), each
@@ -197,7 +227,7 @@ def match_projections(matches: Any) -> list[nn.Module | None]:
     ]
     used = set(matches.projection_of.values())
     listed += [view(position) for position in range(len(layers)) if position not in used]
-    return listed
+    return ProjectionList(listed)
 
 
 def use_match_projections(matches: Any, projs: Any, groups: Any, owner: str) -> list[Any]:
