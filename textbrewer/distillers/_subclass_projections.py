@@ -163,7 +163,7 @@ class ProjectionList(list):
     """``projs`` of a distiller with matches: in match order, ``None`` where there is none.
 
     It also converts its projections like a module: ``distiller.projs.double()``,
-    ``.to(dtype)``, ``.parameters()``.
+    ``.to(dtype)``, ``.parameters()``, ``.state_dict()``.
     """
 
     def _modules(self) -> list[nn.Module]:
@@ -187,6 +187,14 @@ class ProjectionList(list):
         """The parameters of every projection, in order."""
         for proj in self._modules():
             yield from proj.parameters()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The projections' weights, keyed as an ``nn.ModuleList`` of them would key them."""
+        return nn.ModuleList(self._modules()).state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Loads what ``state_dict`` returned."""
+        nn.ModuleList(self._modules()).load_state_dict(state)
 
 
 class _ThroughBank(nn.Module):
