@@ -249,6 +249,52 @@ def hand_kd_loop(teacher, student, optimizer, data, num_steps, device=CPU):
         optimizer.zero_grad()
 
 
+HARD_LABEL_WEIGHT = 0.5
+MAX_GRAD_NORM = 1.0
+
+
+def hard_label_adaptor(batch, outputs):
+    """The 0.2.x-style case's student adaptor: logits, and the cross-entropy as ``losses``."""
+    return {"logits": outputs[0], "losses": F.cross_entropy(outputs[0], batch[2])}
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear LR decay, stepped after every optimizer step (as 0.2.x scripts schedule)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / 1000))
+
+
+def hand_02x_loop(teacher, student, optimizer, scheduler, data, num_steps, device=CPU):
+    """The loop as TextBrewer 0.2.x wrote it, for logits KD plus the hard-label loss.
+
+    Per batch: move it to the device, teacher forward under ``no_grad`` and its adaptor, student
+    forward and its adaptor, ``total_loss = 0``, ``+= kd_loss * kd_loss_weight``, ``+= sum of the
+    losses' means * hard_label_weight``, ``/ gradient_accumulation_steps`` (1), backward, clip the
+    student's gradients, optimizer step, scheduler step, ``zero_grad``. No tensorboard and no
+    progress bar (0.2.x drew one; leaving it out makes this baseline faster, not slower).
+    """
+    kd_loss = presets.KD_LOSS_MAP["ce"]
+    kd_loss_weight, gradient_accumulation_steps = 1, 1
+    teacher.eval()
+    student.train()
+    optimizer.zero_grad()
+    for _, batch in zip(range(num_steps), itertools.cycle(data)):
+        batch = _to_device(batch, device)
+        with torch.no_grad():
+            results_T = logits_adaptor(batch, teacher(*batch))
+        results_S = hard_label_adaptor(batch, student(*batch))
+        total_loss = 0
+        total_loss += (
+            kd_loss(results_S["logits"], results_T["logits"], TEMPERATURE) * kd_loss_weight
+        )
+        total_loss += sum(loss.mean() for loss in [results_S["losses"]]) * HARD_LABEL_WEIGHT
+        total_loss = total_loss / gradient_accumulation_steps
+        total_loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), MAX_GRAD_NORM)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+
+
 def make_projections(matches: list[dict]) -> list[nn.Module | None]:
     """One ``PROJ_MAP`` projection per match that has ``proj``, built like the distiller does."""
     projections = []

@@ -1,8 +1,13 @@
 """Loop overhead: the distillers' ``train()`` against a hand-written PyTorch loop, step for step.
 
-Three cases on the small BERT-like encoder of ``_models.py`` (teacher 4 x 256, student 2 x 128,
+Four cases on the small BERT-like encoder of ``_models.py`` (teacher 4 x 256, student 2 x 128,
 batch 16, length 64):
 
+- ``kd_like_0.2.x``: ``BasicDistiller`` with KD (``ce``, T=4) plus the hard-label loss (weight
+  0.5), gradient clipping (``max_grad_norm=1``) and a stepped LR scheduler, against the loop as
+  TextBrewer 0.2.x wrote it (``_models.hand_02x_loop``: teacher forward under ``no_grad``,
+  student forward, ``total_loss = 0; += kd * w; += hard * w; / accumulation``, backward, clip,
+  optimizer step, scheduler step, ``zero_grad``);
 - ``basic_kd``: ``BasicDistiller``, logits-only KD (``kd_loss_type='ce'``, T=4), against a hand loop
   calling the same ``KD_LOSS_MAP['ce']``;
 - ``general_4_matches``: ``GeneralDistiller`` with KD and 4 intermediate matches (2 ``hidden_mse``
@@ -39,7 +44,12 @@ made from ``textbrewer`` code count as the library's; AdamW's reads of its CPU s
 the run length (expected: 0) and with 1 (expected: 1, the batched read-back every step, which
 shows that the counter sees it).
 
-Usage: ``python benchmarks/bench_loop.py [--smoke] [--reps R] [--steps N] [--threads T]``.
+Compiled steps (``--compile [BACKEND]``, default inductor): ``TrainingConfig(torch_compile=...)``
+against eager, both through the library, in the same interleaved way, at the benchmark size and
+on the tiny models; compilation happens in the warm-up and is not timed.
+
+Usage: ``python benchmarks/bench_loop.py [--smoke] [--reps R] [--steps N] [--threads T]
+[--cases NAME ...] [--compile [BACKEND]]``.
 """
 
 from __future__ import annotations
@@ -52,6 +62,8 @@ from typing import Callable
 import torch
 from _models import (
     FULL,
+    HARD_LABEL_WEIGHT,
+    MAX_GRAD_NORM,
     SEED,
     SMOKE,
     TEMPERATURE,
@@ -64,9 +76,11 @@ from _models import (
     format_table,
     fresh_student,
     full_adaptor,
+    hand_02x_loop,
     hand_general_loop,
     hand_kd_loop,
     hand_supervised_loop,
+    hard_label_adaptor,
     intermediate_matches,
     logits_adaptor,
     machine_info,
@@ -74,6 +88,7 @@ from _models import (
     make_models,
     make_optimizer,
     make_projections,
+    make_scheduler,
     median,
     quiesce,
     setup,
@@ -181,6 +196,39 @@ def general_hand(env: Env, matches: int = 4) -> Runner:
     return Runner(student, train)
 
 
+def kd_02x_library(env: Env, **config) -> Runner:
+    student = fresh_student(env.student)
+    distiller = BasicDistiller(
+        training_config(env.output_dir, **config),
+        DistillationConfig(
+            temperature=TEMPERATURE, kd_loss_type="ce", hard_label_weight=HARD_LABEL_WEIGHT
+        ),
+        env.teacher,
+        student,
+        logits_adaptor,
+        hard_label_adaptor,
+    )
+    optimizer = make_optimizer(student)
+    scheduler = make_scheduler(optimizer)
+
+    def train(steps: int) -> None:
+        distiller.train(
+            optimizer, scheduler, env.data, None, num_steps=steps, max_grad_norm=MAX_GRAD_NORM
+        )
+
+    return Runner(student, train)
+
+
+def kd_02x_hand(env: Env) -> Runner:
+    student = fresh_student(env.student)
+    optimizer = make_optimizer(student)
+    scheduler = make_scheduler(optimizer)
+    return Runner(
+        student,
+        lambda steps: hand_02x_loop(env.teacher, student, optimizer, scheduler, env.data, steps),
+    )
+
+
 def trainer_library(env: Env, **config) -> Runner:
     model = fresh_student(env.supervised)
     trainer = BasicTrainer(training_config(env.output_dir, **config), model, supervised_adaptor)
@@ -194,6 +242,7 @@ def trainer_hand(env: Env) -> Runner:
 
 
 CASES = {
+    "kd_like_0.2.x": (kd_02x_library, kd_02x_hand),
     "basic_kd": (basic_kd_library, basic_kd_hand),
     "general_4_matches": (general_library, general_hand),
     "trainer": (trainer_library, trainer_hand),
@@ -303,6 +352,10 @@ def measure_case(name: str, env: Env, tiny: Env, plan: dict, saves: SaveTimer) -
         saves,
     )
     row["tiny_hand_ms"] = small["hand_ms"]
+    row["tiny_library_ms"] = small["library_ms"]
+    row["tiny_ratio"] = small["ratio"]
+    row["tiny_ratio_min"] = small["ratio_min"]
+    row["tiny_ratio_max"] = small["ratio_max"]
     row["tiny_overhead_ms"] = small["overhead_ms"]
     row["tiny_overhead_min_ms"] = small["overhead_min_ms"]
     row["implied_ratio"] = 1 + small["overhead_ms"] / row["hand_ms"]
@@ -329,8 +382,58 @@ def measure_case(name: str, env: Env, tiny: Env, plan: dict, saves: SaveTimer) -
     return row
 
 
-FULL_PLAN = {"steps": 8, "reps": 7, "tiny_steps": 20, "tiny_reps": 15, "sync_steps": 4}
-SMOKE_PLAN = {"steps": 2, "reps": 2, "tiny_steps": 2, "tiny_reps": 1, "sync_steps": 2}
+def measure_compiled(name: str, env: Env, tiny: Env, plan: dict, saves: SaveTimer, backend: str):
+    """``torch_compile`` against eager, both through the library, at both sizes.
+
+    Compilation is not timed: ``time_pair``'s warm-up runs compile, and later runs (each with a
+    fresh student and distiller) reuse dynamo's cached graphs, as later steps of a run do.
+    """
+    make_library = CASES[name][0]
+    row = {"case": name, "backend": backend}
+    compiled = {"backend": backend}
+    for label, where, steps, reps in (
+        ("", env, plan["steps"], plan["reps"]),
+        ("tiny_", tiny, plan["tiny_steps"], plan["compile_tiny_reps"]),
+    ):
+        # The first compiled run compiles (wall time, from a clean dynamo cache); the eager
+        # run beside it is the warm-up of the other side.
+        torch._dynamo.reset()
+        first = timed(lambda where=where: make_library(where, torch_compile=compiled)(2), saves)
+        eager = timed(lambda where=where: make_library(where)(2), saves)
+        row[f"{label}compile_s"] = first.wall - eager.wall
+        timing = time_pair(
+            lambda where=where: make_library(where, torch_compile=compiled),
+            lambda where=where: make_library(where),
+            steps,
+            reps,
+            saves,
+            warmup_steps=0,
+        )
+        row[f"{label}compiled_ms"] = timing["library_ms"]
+        row[f"{label}eager_ms"] = timing["hand_ms"]
+        row[f"{label}compile_ratio"] = timing["ratio"]
+        row[f"{label}compile_ratio_min"] = timing["ratio_min"]
+        row[f"{label}compile_ratio_max"] = timing["ratio_max"]
+    return row
+
+
+FULL_PLAN = {
+    "steps": 8,
+    "reps": 7,
+    "tiny_steps": 40,
+    "tiny_reps": 31,
+    "sync_steps": 4,
+    "compile_tiny_reps": 9,
+}
+SMOKE_PLAN = {
+    "steps": 2,
+    "reps": 2,
+    "tiny_steps": 2,
+    "tiny_reps": 1,
+    "sync_steps": 2,
+    "compile_tiny_reps": 1,
+}
+COMPILED_CASES = ["kd_like_0.2.x", "general_4_matches", "trainer"]
 
 
 def run(
@@ -338,19 +441,45 @@ def run(
     reps: int | None = None,
     steps: int | None = None,
     threads: int | None = None,
+    cases: list[str] | None = None,
 ) -> list[dict]:
     """Measures every case; returns one row per case (keys: see ``COLUMNS``, ``SYNC_COLUMNS``)."""
     setup(threads or 1)
     sizes = SMOKE if smoke else FULL
-    plan = dict(SMOKE_PLAN if smoke else FULL_PLAN)
-    plan["reps"] = reps or plan["reps"]
-    plan["steps"] = steps or plan["steps"]
+    plan = _plan(smoke, reps, steps)
     rows = []
     with tempfile.TemporaryDirectory() as output_dir, SaveTimer() as saves:
         env, tiny = make_env(sizes, output_dir), make_env(SMOKE, output_dir)
-        for name in CASES:
+        for name in cases or CASES:
             rows.append(measure_case(name, env, tiny, plan, saves))
     return rows
+
+
+def run_compiled(
+    smoke: bool = False,
+    reps: int | None = None,
+    steps: int | None = None,
+    threads: int | None = None,
+    backend: str = "inductor",
+    cases: list[str] | None = None,
+) -> list[dict]:
+    """Compiled against eager per case (keys: see ``COMPILE_COLUMNS``)."""
+    setup(threads or 1)
+    sizes = SMOKE if smoke else FULL
+    plan = _plan(smoke, reps, steps)
+    with tempfile.TemporaryDirectory() as output_dir, SaveTimer() as saves:
+        env, tiny = make_env(sizes, output_dir), make_env(SMOKE, output_dir)
+        return [
+            measure_compiled(name, env, tiny, plan, saves, backend)
+            for name in cases or COMPILED_CASES
+        ]
+
+
+def _plan(smoke: bool, reps: int | None, steps: int | None) -> dict:
+    plan = dict(SMOKE_PLAN if smoke else FULL_PLAN)
+    plan["reps"] = reps or plan["reps"]
+    plan["steps"] = steps or plan["steps"]
+    return plan
 
 
 COLUMNS = [
@@ -365,9 +494,30 @@ COLUMNS = [
     ("ratio_wall", "wall ratio", ".3f"),
 ]
 
+COMPILE_COLUMNS = [
+    ("case", "case", "s"),
+    ("backend", "backend", "s"),
+    ("compiled_ms", "compiled ms/step", ".1f"),
+    ("eager_ms", "eager ms/step", ".1f"),
+    ("compile_ratio", "ratio", ".3f"),
+    ("compile_ratio_min", "min", ".3f"),
+    ("compile_ratio_max", "max", ".3f"),
+    ("compile_s", "compile s (first step)", ".1f"),
+    ("tiny_compiled_ms", "tiny compiled ms/step", ".2f"),
+    ("tiny_eager_ms", "tiny eager ms/step", ".2f"),
+    ("tiny_compile_ratio", "tiny ratio", ".3f"),
+    ("tiny_compile_ratio_min", "min", ".3f"),
+    ("tiny_compile_ratio_max", "max", ".3f"),
+    ("tiny_compile_s", "tiny compile s", ".1f"),
+]
+
 OVERHEAD_COLUMNS = [
     ("case", "case", "s"),
+    ("tiny_library_ms", "tiny-model library ms/step", ".2f"),
     ("tiny_hand_ms", "tiny-model hand ms/step", ".2f"),
+    ("tiny_ratio", "tiny ratio", ".3f"),
+    ("tiny_ratio_min", "min", ".3f"),
+    ("tiny_ratio_max", "max", ".3f"),
     ("tiny_overhead_ms", "loop overhead ms/step", "+.3f"),
     ("tiny_overhead_min_ms", "min-based", "+.3f"),
     ("hand_ms", "benchmark-model hand ms/step", ".1f"),
@@ -392,10 +542,34 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per timed run")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), help="default: all")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        metavar="BACKEND",
+        help="instead: TrainingConfig(torch_compile={'backend': BACKEND}) against eager "
+        "(default backend: inductor)",
+    )
     args = parser.parse_args()
-    rows = run(args.smoke, args.reps, args.steps, args.threads)
-    print(machine_info())
     sizes = SMOKE if args.smoke else FULL
+    if args.compile:
+        rows = run_compiled(
+            args.smoke, args.reps, args.steps, args.threads, args.compile, args.cases
+        )
+        print(machine_info())
+        print(
+            f"teacher {sizes.teacher.layers}x{sizes.teacher.hidden}, student "
+            f"{sizes.student.layers}x{sizes.student.hidden}, batch {sizes.batch}, length "
+            f"{sizes.length}; tiny: teacher {SMOKE.teacher.layers}x{SMOKE.teacher.hidden}, "
+            f"student {SMOKE.student.layers}x{SMOKE.student.hidden}, batch {SMOKE.batch}, "
+            f"length {SMOKE.length}; compilation not timed\n"
+        )
+        print("Compiled against eager (CPU time; ratio = median over pairs compiled / eager):")
+        print(format_table(rows, COMPILE_COLUMNS))
+        return
+    rows = run(args.smoke, args.reps, args.steps, args.threads, args.cases)
+    print(machine_info())
     print(
         f"teacher {sizes.teacher.layers}x{sizes.teacher.hidden}, student "
         f"{sizes.student.layers}x{sizes.student.hidden}, batch {sizes.batch}, length "

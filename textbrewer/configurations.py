@@ -16,6 +16,7 @@ import torch
 
 from textbrewer import presets
 from textbrewer._compat import checked_ckpt_steps, none_as_no_scheduler
+from textbrewer._compiling import check_compile_option
 from textbrewer._validation import Problems, check_keys
 from textbrewer.matches import IntermediateMatch
 
@@ -111,8 +112,9 @@ class TrainingConfig(_Config):
             ``'O0'`` means full float32, as it did under apex.
         data_parallel: wrap the student (and projections) in ``nn.DataParallel``; prefer DDP.
         local_rank: ``>= 0`` turns on DistributedDataParallel for this process (launch with
-            ``torchrun``, which also sets ``RANK``/``WORLD_SIZE``); ``-1`` leaves it off unless a
-            process group with more than one process is already initialised.
+            ``torchrun``, which also sets ``RANK``/``WORLD_SIZE``); ``-1`` leaves it off unless
+            the process was launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) or
+            a process group with more than one process is already initialised.
         mixed_precision: ``None`` (decided by ``fp16``), ``'no'``, ``'fp16'`` or ``'bf16'``
             (bfloat16 autocast, no loss scaling; works on CPU too).
         save_training_state: also write, beside each ``gs{step}.pkl``, a ``gs{step}.state.pt``
@@ -144,6 +146,11 @@ class TrainingConfig(_Config):
             ``train/samples_per_second`` to tensorboard, at the optimizer step. ``None`` (the
             default) means: whenever ``log_dir`` is set; ``False`` writes only 0.2.x's
             ``scalar/*`` tags.
+        torch_compile: run the student's and the teachers' forwards through ``torch.compile``
+            (compiled on the first step, kept for later ones; checkpoints stay the plain
+            student's ``state_dict``). ``True`` uses ``torch.compile``'s defaults (inductor); a
+            dict gives its keyword arguments (``fullgraph``, ``dynamic``, ``backend``, ``mode``,
+            ``options``, ``disable``), e.g. ``{'mode': 'max-autotune'}``. ``False``: eager.
 
     Example:
         >>> config = TrainingConfig(device="cpu", output_dir=tmp_dir, ckpt_frequency=2)
@@ -173,6 +180,7 @@ class TrainingConfig(_Config):
     early_stopping_patience: int | None = None
     early_stopping_threshold: float = 0.0
     log_train_scalars: bool | None = None
+    torch_compile: bool | dict[str, Any] = False
 
     def __post_init__(self) -> None:
         problems = Problems("TrainingConfig")
@@ -193,12 +201,15 @@ class TrainingConfig(_Config):
         problems.choice("fp16_opt_level", self.fp16_opt_level, _OPT_LEVELS)
         self._check_precision(problems)
         self._check_lifecycle(problems)
+        self._check_compile(problems)
         problems.raise_if_any()
         # Stored as strings so that from_dict(to_dict(config)) == config.
         self.device = str(self.device)
         self.output_dir = os.fspath(self.output_dir)
         if self.log_dir is not None:
             self.log_dir = os.fspath(self.log_dir)
+        if isinstance(self.torch_compile, dict):  # a copy: the caller's dict may change later
+            self.torch_compile = dict(self.torch_compile)
         if self._is_main_process():
             os.makedirs(self.output_dir, exist_ok=True)
 
@@ -211,6 +222,15 @@ class TrainingConfig(_Config):
             problems.add(
                 f"`device`={self.device!r} is not a device "
                 "(e.g. 'auto', 'cuda', 'cuda:0', 'cpu' or a torch.device)"
+            )
+
+    def _check_compile(self, problems: Problems) -> None:
+        check_compile_option(problems, self.torch_compile)
+        if self.torch_compile not in (False, None) and self.data_parallel is True:
+            problems.add(
+                f"`torch_compile`={self.torch_compile!r} does not combine with "
+                "`data_parallel`=True (nn.DataParallel cannot be compiled): use "
+                "DistributedDataParallel (launch with torchrun), or leave torch_compile=False"
             )
 
     def _check_precision(self, problems: Problems) -> None:

@@ -83,6 +83,7 @@ def test_a_dataset_of_ready_batches_trains_as_in_0_2_x_with_a_warning(tmp_path, 
         (None, "`dataloader` is None: pass the DataLoader to train()"),
         (torch.zeros(4, 6), r"`dataloader` is a tensor of shape \(4, 6\), not a source of batches"),
         ({"input_ids": torch.zeros(4, 6)}, "iterating it gives its keys, not batches"),
+        ("train.jsonl", "`dataloader`='train.jsonl' is a str, not a source of batches"),
     ],
 )
 def test_other_things_that_are_not_batches(tmp_path, data, message):
@@ -226,6 +227,8 @@ def test_a_dict_batch_with_a_key_the_model_does_not_take(tmp_path):
 def test_a_misspelt_forward_argument_of_train(tmp_path):
     distiller, _, student = distiller_for(tmp_path)
     with pytest.raises(TypeError, match=r"`args` \(the extra keywords of train\(\)\) are \['outp"):
+        distiller.train(sgd(student), None, make_batches(2), 1, output_hidden_state=True)
+    with pytest.raises(TypeError, match="a flag only one model takes belongs in that model's"):
         distiller.train(sgd(student), None, make_batches(2), 1, output_hidden_state=True)
 
 
@@ -374,3 +377,32 @@ def test_single_class_logits_warn_that_kd_teaches_nothing(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="textbrewer"):
         distiller.train(sgd(student), None, make_batches(2), 1)
     assert "its softmax is always 1, so the KD term is 0" in caplog.text
+
+
+def test_a_built_scheduler_in_the_scheduler_class_slot(tmp_path):
+    distiller, _, student = distiller_for(tmp_path)
+    optimizer = sgd(student)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    with pytest.raises(TypeError, match=r"this is a built scheduler: pass it as scheduler=\.\.\."):
+        distiller.train(optimizer, make_batches(2), 1, scheduler)  # 0.2.x order: scheduler_class
+
+
+def test_a_projection_whose_dim_out_is_not_the_teachers_size(tmp_path):
+    teacher, student = make_models(teacher_dim=8, student_dim=6)
+    match = {"layer_T": 3, "layer_S": 2, "feature": "hidden", "loss": "hidden_mse", "weight": 1,
+             "proj": ["linear", 6, 12]}  # fmt: skip
+    distiller = textbrewer.GeneralDistiller(
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(intermediate_matches=[match]),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+    )
+    distiller.projs.double()
+    with pytest.raises(ValueError, match="dim_out") as raised:
+        distiller.train(sgd(student), make_batches(2), 1, scheduler_class=None)
+    message = str(raised.value)
+    assert "proj ['linear', 6, 12] projects to dim_out=12" in message
+    assert "the teacher's 'hidden' has size 8 (shape (4, 6, 8))" in message
+    assert "set 'proj': ['linear', 6, 8]" in message

@@ -3,6 +3,7 @@ state files, another optimizer on resume, Ctrl-C, an unwritable output_dir, fini
 
 import logging
 import os
+import shutil
 import stat
 
 import pytest
@@ -326,3 +327,64 @@ def test_resuming_a_finished_multi_task_run_takes_no_step_and_writes_nothing(tmp
     assert distiller.train(optimizer, None, loaders, 4, resume_from=True).global_step == 4
     assert steps == []
     assert snapshot(tmp_path / "out") == before
+
+
+def test_resuming_with_another_number_of_processes_warns(tmp_path, caplog):
+    out = run_to_step_6(tmp_path)
+    state = torch.load(out / "gs6.state.pt", weights_only=False)
+    state["ranks"] = state["ranks"] * 2  # as if saved by 2 processes
+    with open(out / "gs6.state.pt", "wb") as handle:
+        torch.save(state, handle)
+    distiller, student = distiller_for(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        train(distiller, sgd(student), num_steps=8, resume_from=True)
+    assert "was saved by 2 process(es), this run has 1" in caplog.text
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_earlier_one(tmp_path, monkeypatch):
+    target = tmp_path / "gs1.pkl"
+    checkpoint.atomic_save({"w": torch.ones(2)}, target)
+
+    def disk_full(obj, handle):
+        handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        checkpoint.atomic_save({"w": torch.zeros(2)}, target)
+    monkeypatch.undo()
+    if hasattr(raised.value, "add_note"):
+        assert raised.value.__notes__ == [
+            f"(while writing {str(target)!r}; an earlier file there is intact)"
+        ]
+    assert os.listdir(tmp_path) == ["gs1.pkl"]
+    assert torch.equal(torch.load(target)["w"], torch.ones(2))
+
+
+def test_an_output_dir_removed_during_training_is_recreated(tmp_path):
+    distiller, student = distiller_for(tmp_path)
+
+    def remove_output_dir(model, step):
+        if step == 2:  # a teammate "cleans up" after the first checkpoint
+            shutil.rmtree(tmp_path / "out")
+
+    train(distiller, sgd(student), callback=remove_output_dir)
+    assert checkpoint_steps(tmp_path / "out") == [4]
+
+
+def test_a_fresh_run_into_a_directory_with_checkpoints_warns(tmp_path, caplog):
+    distiller, student = distiller_for(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        train(distiller, sgd(student))
+    assert "already holds" not in caplog.text
+    distiller, student = distiller_for(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        train(distiller, sgd(student))
+    assert "already holds 2 checkpoint(s) (gs2.pkl ... gs4.pkl) and this run starts fresh" in (
+        caplog.text
+    )
+    caplog.clear()
+    distiller, student = distiller_for(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="textbrewer"):
+        train(distiller, sgd(student), num_steps=6, resume_from="auto")
+    assert "already holds" not in caplog.text

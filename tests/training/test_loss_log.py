@@ -43,3 +43,29 @@ def test_host_only_step_scalars_need_no_tensor():
     log.record_step(1, {"kd_loss_weight": 0.25})
     log.flush()
     assert writer.scalars == [("scalar/total_loss", 0, 1.0), ("train/kd_loss_weight", 1, 0.25)]
+
+
+def test_values_are_stacked_once_per_flush_and_mixed_dtypes_read_as_each_totals_dtype(monkeypatch):
+    writer = RecordingWriter()
+    log = LossLog(writer)
+    stacks = []
+    original = torch.stack
+    monkeypatch.setattr(
+        torch, "stack", lambda tensors: stacks.append(len(tensors)) or original(tensors)
+    )
+    third = 1.0 / 3.0
+    log.record(0, 1, torch.tensor(0.5), {"kd": torch.tensor(0.25)})
+    log.record(1, 1, torch.tensor(third), {"kd": torch.tensor(third, dtype=torch.float64)})
+    log.record(2, 2, torch.tensor(third, dtype=torch.float64), {"kd": 2})  # a Python number
+    assert stacks == []  # nothing stacked per micro-batch
+    log.flush()
+    assert stacks == [6]  # one stack of every pending value
+    float32_third = torch.tensor(third).item()
+    assert writer.scalars == [
+        ("scalar/total_loss", 0, 0.5),
+        ("scalar/kd", 0, 0.25),
+        ("scalar/total_loss", 1, float32_third),
+        ("scalar/kd", 1, float32_third),  # read in its record's total's dtype (float32)
+        ("scalar/total_loss", 2, third),
+        ("scalar/kd", 2, 2.0),
+    ]

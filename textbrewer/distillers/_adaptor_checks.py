@@ -11,15 +11,12 @@ the mask's values are read once, on the first batch.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from textbrewer.matches import IntermediateMatch
-
-logger = logging.getLogger(__name__)
 
 _HF_FIELD = {"hidden": "hidden_states", "attention": "attentions"}
 _HF_FLAG = {"hidden": "output_hidden_states=True", "attention": "output_attentions=True"}
@@ -52,8 +49,10 @@ def checked_layers(results: Mapping[str, Any], match: IntermediateMatch, index: 
         ValueError: ``None``, an empty list, or a single layer where the list of layers goes.
         TypeError: a dict whose keys are not layer numbers, or a value of another type.
     """
+    layers = results[match.feature]
+    if type(layers) in (tuple, list) and layers and layers[0] is not None:
+        return layers  # the usual per-layer list, checked without building messages every step
     feature, who = match.feature, f"adaptor_{side}"
-    layers = results[feature]
     where = describe(match, index)
     if layers is None:
         raise ValueError(
@@ -90,7 +89,7 @@ def checked_layers(results: Mapping[str, Any], match: IntermediateMatch, index: 
 
 def has_layer(layers: Any, layer: int) -> bool:
     """Whether ``layers[layer]`` exists (a dict by layer number, or a sequence/stacked tensor)."""
-    if isinstance(layers, Mapping):
+    if type(layers) not in (tuple, list) and isinstance(layers, Mapping):
         return layer in layers
     return -len(layers) <= layer < len(layers)
 
@@ -152,6 +151,27 @@ def check_projection_input(
         )
 
 
+def check_projection_output(
+    projected: Any, teacher: Any, match: IntermediateMatch, index: int
+) -> None:
+    """A projected student feature must have the teacher's feature size (``proj[2]``).
+
+    Raises:
+        ValueError: naming the match, ``dim_out`` and the teacher's size, where the generic
+            shape message would suggest adding the projection that is already there.
+    """
+    if match.proj is None or not isinstance(projected, torch.Tensor):
+        return
+    if not isinstance(teacher, torch.Tensor) or projected.shape[-1] == teacher.shape[-1]:
+        return
+    kind, dim_in, dim_out, *_ = match.proj
+    raise ValueError(
+        f"{describe(match, index)}: proj {[kind, dim_in, dim_out]} projects to "
+        f"dim_out={dim_out}, but the teacher's {match.feature!r} has size {teacher.shape[-1]} "
+        f"(shape {tuple(teacher.shape)}); set 'proj': [{kind!r}, {dim_in}, {teacher.shape[-1]}]"
+    )
+
+
 def check_inputs_mask(mask: Any, who: str = "adaptor_S") -> None:
     """An ``inputs_mask`` must hold 0/1 (or booleans); reads its values once (call it once).
 
@@ -199,80 +219,3 @@ def check_mask_fits(mask: Any, feature: Any, match: IntermediateMatch, index: in
             f"{tuple(feature.shape)} (expected ({feature.shape[0]}, {feature.shape[-2]}): batch, "
             "length); return the attention mask of the batch the student was called on"
         )
-
-
-def check_logits_pairs(results_S: Mapping[str, Any], results_T: Any, kd_loss: Any) -> None:
-    """Student and teacher logits without ``logits_mask`` must have the same shape.
-
-    Only for the built-in KD losses, which compare the two row by row and class by class (a
-    student batch of 1 would otherwise broadcast silently against the teacher's). Called on the
-    first batch; shapes are host values, nothing is read back.
-
-    Raises:
-        ValueError: naming the pair, both shapes and the likely cause.
-    """
-    if getattr(kd_loss, "__module__", None) != "textbrewer.losses":
-        return
-    teachers = results_T if isinstance(results_T, list) else [results_T]
-    for position, result_T in enumerate(teachers):
-        if not isinstance(result_T, Mapping) or "logits" not in result_T:
-            continue
-        if "logits" not in results_S or "logits_mask" in results_S or "logits_mask" in result_T:
-            continue  # masked rows are compared after selection, by the KD loss
-        who_T = "adaptor_T" if len(teachers) == 1 else f"adaptor_T[{position}]"
-        for index, (student, teacher) in enumerate(zip(results_S["logits"], result_T["logits"])):
-            _check_class_dimension(student, index, kd_loss)
-            if student.shape != teacher.shape:
-                raise ValueError(
-                    f"logits[{index}]: adaptor_S returned shape {tuple(student.shape)}, {who_T} "
-                    f"{tuple(teacher.shape)}; KD compares them row by row and class by class, so "
-                    "the batch sizes, lengths and numbers of classes must agree (teacher and "
-                    "student fed different sub-batches? a student head with another "
-                    "num_labels?). For token-level logits of different lengths return "
-                    "`logits_mask` from both adaptors"
-                )
-
-
-_SOFTMAX_KD = ("kd_ce_loss", "kd_kl_loss", "kd_reverse_kl_loss")
-
-
-def _check_class_dimension(logits: torch.Tensor, index: int, kd_loss: Any) -> None:
-    # Softmax KD losses normalise over the last dimension: it must be the classes.
-    if getattr(kd_loss, "__name__", "") not in _SOFTMAX_KD:
-        return  # 'mse' regresses any shape, one output included
-    if logits.dim() < 2:
-        raise ValueError(
-            f"logits[{index}] has shape {tuple(logits.shape)}: KD with a softmax over the last "
-            "dimension would spread it over the batch. Return (batch, classes) logits, or "
-            "distil a single output with kd_loss_type='mse'"
-        )
-    if logits.shape[-1] == 1:
-        logger.warning(
-            "logits[%d] has one class (shape %s): its softmax is always 1, so the KD term is 0 "
-            "and teaches nothing; use kd_loss_type='mse' for a single output",
-            index,
-            tuple(logits.shape),
-        )
-
-
-def warn_missing_terms(results_S: Mapping[str, Any], hard_label_weight: Any, log: Any) -> None:
-    """Warns once when ``hard_label_weight`` is set but ``adaptor_S`` returns no ``losses``."""
-    if "losses" in results_S or not isinstance(hard_label_weight, (int, float)):
-        return
-    if hard_label_weight > 0:
-        log.warning(
-            "DistillationConfig `hard_label_weight`=%s, but adaptor_S returns no 'losses': the "
-            "hard-label term is left out. Return the model's loss as 'losses' (a Hugging Face "
-            "model computes it when the batch holds `labels`)",
-            hard_label_weight,
-        )
-
-
-def first_batch_checks(distiller: Any, results_S: Mapping[str, Any], results_T: Any) -> None:
-    """The checks a distiller makes once, on its first batch's adaptor results."""
-    distiller._first_batch_checked = True
-    terms = getattr(distiller, "terms", None)
-    if terms is None or results_T is None:
-        return
-    check_logits_pairs(results_S, results_T, terms.kd_loss)
-    warn_missing_terms(results_S, terms.hard_label_weight, logger)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, TypedDict, Union
@@ -10,12 +11,12 @@ from typing import Any, Callable, TypedDict, Union
 import torch
 from torch import nn
 
-from textbrewer import presets
+from textbrewer import presets, sparse_kd
 from textbrewer.training.call_errors import add_note, describe_value, is_signature_mismatch
 
 logger = logging.getLogger(__name__)
 
-_LIST_KEYS = ("logits", "logits_mask", "labels", "losses")
+_LIST_KEYS = ("logits", "logits_mask", "labels", "losses", sparse_kd.TOPK_INDICES_KEY)
 _NONE_MEANS_ABSENT = ("labels", "logits_mask", "inputs_mask")
 
 
@@ -48,15 +49,17 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     """
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    # Sequences before mappings: the Mapping check is an ABC check, slower per call, and the two
+    # never overlap.
+    if isinstance(batch, (list, tuple)):
+        if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+            return type(batch)(*(move_to_device(value, device) for value in batch))
+        return type(batch)(move_to_device(value, device) for value in batch)
     if isinstance(batch, Mapping) and callable(getattr(batch, "to", None)):
         # e.g. a Hugging Face BatchEncoding: its own .to() keeps the tokenizer's metadata.
         return batch.to(device)
     if isinstance(batch, Mapping):
         return type(batch)({key: move_to_device(value, device) for key, value in batch.items()})
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
-        return type(batch)(*(move_to_device(value, device) for value in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(value, device) for value in batch)
     return batch
 
 
@@ -67,6 +70,8 @@ def split_batch(batch: Any) -> tuple[Any, Any, Any]:
     optional ``'teacher_cache'`` replaces the teacher's outputs; any other batch feeds both
     (``teacher_cache`` is then ``None``).
     """
+    if isinstance(batch, (list, tuple)):  # the common case, without the Mapping ABC check
+        return batch, batch, None
     if isinstance(batch, Mapping) and "teacher" in batch and "student" in batch:
         return batch["teacher"], batch["student"], batch.get("teacher_cache")
     return batch, batch, None
@@ -184,6 +189,14 @@ def cached_logits_results(
     return results
 
 
+@functools.cache
+def teacher_adaptor_names(count: int) -> tuple[str, ...]:
+    """How messages name ``count`` teacher adaptors: ``adaptor_T``, or ``adaptor_T[i]`` each."""
+    if count > 1:
+        return tuple(f"adaptor_T[{index}]" for index in range(count))
+    return ("adaptor_T",)
+
+
 def call_model(model: Callable[..., Any], batch: Any, args: dict[str, Any]) -> Any:
     """Calls ``model(**batch, **args)`` for a dict batch and ``model(*batch, **args)`` otherwise.
 
@@ -192,10 +205,10 @@ def call_model(model: Callable[..., Any], batch: Any, args: dict[str, Any]) -> A
             message says how the batch is passed and what to change.
     """
     try:
+        if isinstance(batch, (list, tuple)):  # before the slower Mapping ABC check
+            return model(*batch, **args)
         if isinstance(batch, Mapping):
             return model(**batch, **args)
-        if isinstance(batch, (list, tuple)):
-            return model(*batch, **args)
         return model(batch, **args)
     except TypeError as error:
         if not is_signature_mismatch(error):
@@ -207,6 +220,12 @@ def call_model(model: Callable[..., Any], batch: Any, args: dict[str, Any]) -> A
             f"extra keywords of train()) are {sorted(args)}. Drop or rename what the model's "
             "forward does not take (e.g. in a batch_postprocessor), or give each model its own "
             "inputs with a {'teacher': ..., 'student': ...} batch"
+            + (
+                "; `args` reach every model, so a flag only one model takes belongs in that "
+                "model's config (e.g. teacher.config.output_hidden_states = True)"
+                if args
+                else ""
+            )
         ) from error
 
 
@@ -237,6 +256,7 @@ class AdaptorChecker:
 
     def __init__(self) -> None:
         self._warned: set[tuple[str, str]] = set()
+        self._checked_keys: set[tuple[str, tuple[Any, ...]]] = set()
 
     def __call__(self, result: Any, who: str) -> AdaptorResult:
         """Returns ``result`` as a dict with single tensors under list keys wrapped in a list.
@@ -248,7 +268,7 @@ class AdaptorChecker:
         Raises:
             TypeError: the result is not a dict, or a list key holds something else.
         """
-        if not isinstance(result, Mapping):
+        if not isinstance(result, dict) and not isinstance(result, Mapping):
             raise TypeError(
                 f"{who} must return a dict with keys among {presets.ADAPTOR_KEYS}, "
                 f"got {type(result).__name__}"
@@ -262,13 +282,19 @@ class AdaptorChecker:
             if value is not None or key not in _NONE_MEANS_ABSENT
         }
         for key in _LIST_KEYS:
-            if key in normalised:
-                normalised[key] = _as_tensor_list(normalised[key], who, key)
-        self._warn_unknown(normalised, who)
+            value = normalised.get(key)
+            if isinstance(value, torch.Tensor):  # the usual single tensor, without a call
+                normalised[key] = [value]
+            elif value is not None or key in normalised:
+                normalised[key] = _as_tensor_list(value, who, key)
+        keys = (who, tuple(normalised))
+        if keys not in self._checked_keys:  # an adaptor returns the same keys step after step
+            self._warn_unknown(normalised, who)
+            self._checked_keys.add(keys)
         return normalised
 
     def _warn_unknown(self, result: dict, who: str) -> None:
-        known = set(presets.ADAPTOR_KEYS) | set(presets.FEATURES)
+        known = set(presets.ADAPTOR_KEYS) | set(presets.FEATURES) | {sparse_kd.TOPK_INDICES_KEY}
         for key in result:
             if key not in known and (who, key) not in self._warned:
                 self._warned.add((who, key))

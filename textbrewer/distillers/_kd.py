@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from textbrewer import presets
+from textbrewer import presets, sparse_kd
 from textbrewer.configurations import DistillationConfig
 from textbrewer.distillers._batches import AdaptorResult
 
@@ -148,8 +148,14 @@ class KDLoss:
         masks_S: list[torch.Tensor] | None,
         masks_T: list[torch.Tensor] | None,
         labels: list[torch.Tensor] | None,
+        topk_indices: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Returns the summed KD loss over the logits pairs."""
+        """Returns the summed KD loss over the logits pairs.
+
+        ``topk_indices`` (a teacher cache made with ``topk``): per pair, the classes of the
+        teacher's stored top-k values, which ``logits_T`` then holds; the loss is the top-k
+        approximation of ``textbrewer.sparse_kd``.
+        """
         if self.probability_shift and labels is None:
             raise ValueError(
                 "DistillationConfig `probability_shift`=True needs the true labels: adaptor_S "
@@ -160,6 +166,11 @@ class KDLoss:
             mask_S, mask_T = _mask_for(masks_S, index), _mask_for(masks_T, index)
             check_logits_mask(mask_S, student, "adaptor_S", index)
             check_logits_mask(mask_T, teacher, "adaptor_T", index)
+            if topk_indices is not None:
+                loss = self._topk_loss(student, teacher, topk_indices[index], mask_S, mask_T)
+                total = loss if total is None else total + loss
+                continue
+            check_same_classes(index, student, teacher, self.loss)
             student, teacher, mask = self._rows(student, teacher, mask_S, mask_T, index)
             if self.probability_shift:
                 teacher = probability_shift(teacher, _labels_of_rows(labels[index], mask_S, mask))
@@ -199,6 +210,23 @@ class KDLoss:
             )
         return student, teacher, None
 
+    def _topk_loss(self, student, values, indices, mask_S, mask_T) -> torch.Tensor:
+        """The top-k approximation of ``textbrewer.sparse_kd`` for one pair (rows selected)."""
+        # The schedulers and the shift read the teacher's whole distribution, which is not stored.
+        for field, value in (
+            ("temperature_scheduler", self.temperature_scheduler),
+            ("probability_shift", self.probability_shift or None),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"DistillationConfig `{field}` needs the teacher's full logits, but the "
+                    "teacher cache stores its top-k logits only; precompute with topk=None"
+                )
+        student = select_rows(to_float32(student), mask_S)
+        values, indices = select_rows(to_float32(values), mask_T), select_rows(indices, mask_T)
+        loss = sparse_kd.topk_kd_loss(self.loss, student, values, indices, self.temperature)
+        return loss * self.temperature**2 if self.t2_scaling else loss
+
     def _temperature(self, student: torch.Tensor, teacher: torch.Tensor, mask: Any) -> Any:
         if self.temperature_scheduler is None:
             return self.temperature
@@ -218,6 +246,30 @@ class KDLoss:
             temperature if mask is None else masked_mean(temperature, mask, student)
         )
         return temperature
+
+
+def check_same_classes(
+    index: int, student: Any, teacher: Any, loss: Any, who_T: str = "adaptor_T"
+) -> None:
+    """Built-in KD losses compare class by class: both logits need the same number of classes.
+
+    Raises:
+        ValueError: naming both shapes and both sizes (different vocabularies, e.g. different
+            tokenizers).
+    """
+    if getattr(loss, "__module__", None) != "textbrewer.losses":
+        return  # a user's loss may map vocabularies itself
+    if not isinstance(student, torch.Tensor) or not isinstance(teacher, torch.Tensor):
+        return
+    if student.dim() and teacher.dim() and student.shape[-1] != teacher.shape[-1]:
+        raise ValueError(
+            f"logits[{index}]: adaptor_S returned shape {tuple(student.shape)}, {who_T} "
+            f"{tuple(teacher.shape)}: the student's logits have {student.shape[-1]} classes "
+            f"(vocabulary size) and the teacher's {teacher.shape[-1]}; logits-level KD compares "
+            "the two distributions class by class, so both need the same classes. A teacher and "
+            "a student with different vocabularies (tokenizers) can be matched at the sequence "
+            "level (pooled hidden states, [CLS]) instead: drop 'logits' from one adaptor"
+        )
 
 
 def _supports_mask(function: Any) -> bool:
@@ -298,7 +350,9 @@ def sum_of_means(losses: list[torch.Tensor]) -> torch.Tensor:
     """``sum(loss.mean() for loss in losses)``: the hard-label term."""
     total = None
     for loss in losses:
-        mean = to_float32(loss).mean()
+        loss = to_float32(loss)
+        # The mean of a scalar is the scalar, exactly (and so is its gradient): no operator.
+        mean = loss if loss.dim() == 0 else loss.mean()
         total = mean if total is None else total + mean
     return total
 
@@ -333,9 +387,14 @@ def combine_parts(
         )
     total = None
     for _, loss, weight in parts:
-        term = loss * weight
+        # loss * 1 is loss exactly (and so is its gradient): skip the operator and its backward.
+        term = loss if _is_one(weight) else loss * weight
         total = term if total is None else total + term
     return total, {name: loss for name, loss, _ in parts}
+
+
+def _is_one(weight: Any) -> bool:
+    return type(weight) in (int, float) and weight == 1
 
 
 class DistillationTerms:
@@ -418,6 +477,7 @@ class DistillationTerms:
                 results_S.get("logits_mask"),
                 results_T.get("logits_mask"),
                 results_S.get("labels"),
+                results_T.get(sparse_kd.TOPK_INDICES_KEY),
             )
             parts.append(("unweighted_kd_loss", kd, self.kd_loss_weight))
         if "losses" in results_S:

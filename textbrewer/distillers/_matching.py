@@ -17,6 +17,7 @@ from textbrewer.distillers._adaptor_checks import (
     check_inputs_mask,
     check_mask_fits,
     check_projection_input,
+    check_projection_output,
     checked_layers,
     has_layer,
 )
@@ -193,6 +194,7 @@ class MatchComputer:
                 self._mask_checked = True
             for index, (match, student) in enumerate(zip(self.matches, features_S)):
                 teacher = self._features(teachers[match.teacher or 0], match, index, "T")
+                check_projection_output(student, teacher, match, index)
                 _check_shapes(self.infos[index], student, teacher, match, index)
                 if self.infos[index] is not None and match.loss not in ("pkd",):
                     check_mask_fits(mask, student, match, index)
@@ -342,9 +344,12 @@ def _check_shapes(
     match: IntermediateMatch,
     index: int,
 ) -> None:
-    if info is None or not info.equal_shapes:
+    if info is None:
         return
-    pairs = zip(student, teacher) if info.layers == 2 else [(student, teacher)]
+    pairs = list(zip(student, teacher)) if info.layers == 2 else [(student, teacher)]
+    if not info.equal_shapes:  # e.g. nst: the hidden sizes may differ, the positions may not
+        _check_positions(pairs, match, index)
+        return
     for tensor_S, tensor_T in pairs:
         shape_S, shape_T = _compared_shape(tensor_S, info), _compared_shape(tensor_T, info)
         if shape_S == shape_T:
@@ -356,14 +361,16 @@ def _check_shapes(
         if shape_S[:-1] != shape_T[:-1] and match.feature != "attention":
             raise ValueError(
                 f"{where}: student shape {tuple(tensor_S.shape)} != teacher shape "
-                f"{tuple(tensor_T.shape)} before the last (feature) dimension: the positions do "
-                "not align (different batches or sequence lengths, e.g. different tokenizers), "
-                "which no projection can fix"
+                f"{tuple(tensor_T.shape)} before the last (feature) dimension"
+                f"{_lengths(tensor_S, tensor_T)}: the positions do not align (different "
+                "batches or sequence lengths, e.g. different tokenizers), which no projection "
+                "can fix; match sequence-level features (pooled hidden states, [CLS]) instead"
             )
         if match.feature == "attention":
             raise ValueError(
                 f"{where}: student attention shape {tuple(tensor_S.shape)} != teacher shape "
-                f"{tuple(tensor_T.shape)}. Attention maps compare position by position, so the "
+                f"{tuple(tensor_T.shape)}{_lengths(tensor_S, tensor_T, -1)}. Attention maps "
+                "compare position by position, so the "
                 "sequence lengths must agree; for different head counts use 'attention_mse_sum' "
                 "or 'attention_ce_mean', which reduce the heads first"
             )
@@ -372,3 +379,25 @@ def _check_shapes(
             f"{tuple(tensor_T.shape)}; add 'proj': ['linear', {tensor_S.shape[-1]}, "
             f"{tensor_T.shape[-1]}] to project the student's feature"
         )
+
+
+def _lengths(tensor_S: torch.Tensor, tensor_T: torch.Tensor, axis: int = 1) -> str:
+    """``' (sequence lengths 9 for the student, 12 for the teacher)'`` when they differ."""
+    if tensor_S.dim() < 3 or tensor_T.dim() < 3 or tensor_S.shape[axis] == tensor_T.shape[axis]:
+        return ""
+    return (
+        f" (sequence lengths {tensor_S.shape[axis]} for the student, {tensor_T.shape[axis]} for "
+        "the teacher)"
+    )
+
+
+def _check_positions(pairs: list, match: IntermediateMatch, index: int) -> None:
+    for tensor_S, tensor_T in pairs:
+        if tensor_S.shape[:-1] != tensor_T.shape[:-1]:
+            raise ValueError(
+                f"intermediate_matches[{index}] ({match.feature}, loss {match.loss!r}, "
+                f"layer_S={match.layer_S}, layer_T={match.layer_T}): student shape "
+                f"{tuple(tensor_S.shape)} and teacher shape {tuple(tensor_T.shape)} differ before "
+                f"the last (feature) dimension{_lengths(tensor_S, tensor_T)}: the positions do not "
+                "align (different batches or sequence lengths, e.g. different tokenizers)"
+            )

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from textbrewer import sparse_kd
 from textbrewer.distillers._batches import AdaptorResult
 from textbrewer.distillers._kd import (
     DistillationTerms,
@@ -85,6 +86,12 @@ class TeacherCombination:
         if not all("logits" in result for result in results_T):
             return {}
         check_logits_counts(results_T)
+        if any(sparse_kd.TOPK_INDICES_KEY in result for result in results_T):
+            raise ValueError(
+                "combine_teachers='mean_logits' averages the teachers' logits class by class, "
+                "but a teacher cache stores top-k logits (different classes per teacher); use "
+                "combine_teachers='mean_losses', or precompute with topk=None"
+            )
         averaged = [
             self.mean([to_float32(result["logits"][position]) for result in results_T])
             for position in range(len(results_T[0]["logits"]))
@@ -147,6 +154,7 @@ def _kd_of(
         results_S.get("logits_mask"),
         result_T.get("logits_mask"),
         results_S.get("labels"),
+        result_T.get(sparse_kd.TOPK_INDICES_KEY),
     )
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from textbrewer._compiling import CompiledForwards, compile_kwargs
 from textbrewer.configurations import DistillationConfig, TrainingConfig
-from textbrewer.distillers._adaptor_checks import first_batch_checks
 from textbrewer.distillers._batches import (
     AdaptedOutputs,
     AdaptorChecker,
@@ -28,7 +28,9 @@ from textbrewer.distillers._batches import (
     cached_logits_results,
     call_adaptor,
     get_outputs_from_batch,
+    teacher_adaptor_names,
 )
+from textbrewer.distillers._first_batch_checks import first_batch_checks
 from textbrewer.distillers._kd import LossParts
 from textbrewer.distillers._protocol import batch_result
 from textbrewer.training import checkpoint as ckpt
@@ -41,7 +43,7 @@ from textbrewer.training.arguments import (
     parse_train_call,
 )
 from textbrewer.training.call_checks import check_call
-from textbrewer.training.engine import Engine, unwrap
+from textbrewer.training.engine import Engine, autocast_enabled, unwrap
 from textbrewer.training.plans import CycledLoader, EpochPlan, LoaderPasses, Plan, StepPlan
 from textbrewer.training.run_report import TrainResult
 from textbrewer.training.session import Session, Stateful, prepare_optimizer
@@ -103,6 +105,9 @@ class AbstractDistiller:
         self._saved_modes: list[list[bool]] = []
         self._ddp_modules: list[nn.Module] = []
         self._wrappers: dict[int, nn.Module] = {}
+        self._student_parameters: list[torch.Tensor] = []
+        compile_options = compile_kwargs(train_config.torch_compile)
+        self._compiled = None if compile_options is None else CompiledForwards(compile_options)
 
     # ----------------------------------------------------------------- hooks for subclasses
     def teachers(self) -> list[nn.Module]:
@@ -157,6 +162,8 @@ class AbstractDistiller:
             ``(total_loss, parts)`` as ``compute_loss`` returns them. Nothing is stepped.
         """
         results_S, results_T = self.adapted_outputs(batch, args)
+        if not autocast_enabled(self.device.type):  # full precision: no context to enter
+            return self.compute_loss(results_S, results_T)
         # Losses run in float32 (the loss helpers cast up): softmax and sums over large
         # dimensions are not accurate in float16/bfloat16.
         with torch.autocast(self.device.type, enabled=False):
@@ -171,17 +178,11 @@ class AbstractDistiller:
         ``adaptor_T``, ``adaptor_S``.
         """
         route = self._route(batch)
-        teachers = list(route.teachers)
-        model_T = (teachers if route.several else teachers[0]) if teachers else None
-        with self._engine.autocast():
-            (batch_T, outputs_T), (batch_S, outputs_S) = get_outputs_from_batch(
-                route.batch,
-                self.device,
-                model_T,
-                self.model_S,
-                args,
-                no_teacher_forward=route.cached_logits is not None,
-            )
+        if self._engine.autocasts:
+            with self._engine.autocast():
+                (batch_T, outputs_T), (batch_S, outputs_S) = self._forwards(route, args)
+        else:  # full precision: no context manager entered per micro-batch
+            (batch_T, outputs_T), (batch_S, outputs_S) = self._forwards(route, args)
         results_T = None
         if outputs_T is not None:
             outputs = outputs_T if route.several else [outputs_T]
@@ -199,6 +200,22 @@ class AbstractDistiller:
             first_batch_checks(self, results_S, results_T)
         return results_S, results_T
 
+    def _forwards(self, route: Route, args: dict[str, Any]) -> tuple[tuple[Any, Any], ...]:
+        """The teacher and student forwards of ``get_outputs_from_batch`` (compiled if asked)."""
+        teachers, student = list(route.teachers), self.model_S
+        if self._compiled is not None:
+            teachers = [self._compiled.forward_of(teacher) for teacher in teachers]
+            student = self._compiled.forward_of(student)
+        model_T = (teachers if route.several else teachers[0]) if teachers else None
+        return get_outputs_from_batch(
+            route.batch,
+            self.device,
+            model_T,
+            student,
+            args,
+            no_teacher_forward=route.cached_logits is not None,
+        )
+
     def _route(self, batch: Any) -> Route:
         adaptors = self.teacher_adaptors()
         return Route(
@@ -207,9 +224,7 @@ class AbstractDistiller:
             adaptors,
             self.adaptor_S,
             several=len(adaptors) > 1,
-            names_T=[f"adaptor_T[{i}]" for i in range(len(adaptors))]
-            if len(adaptors) > 1
-            else ["adaptor_T"],
+            names_T=teacher_adaptor_names(len(adaptors)),
         )
 
     def _adapt(self, adaptor: Any, batch: Any, outputs: Any, name: str) -> AdaptorResult:
@@ -283,7 +298,8 @@ class AbstractDistiller:
     def _open_session(self, call: TrainCall) -> Session:
         student, teachers, extras = unwrap(self.model_S), self.teachers(), self.extra_modules()
         check_call(call, self._call_style.data_name, student, teachers, extras)
-        faults.prepare_output_dir(self.t_config.output_dir, self._engine.is_main)
+        fresh = call.resume_from is None or call.resume_from is False
+        faults.prepare_output_dir(self.t_config.output_dir, self._engine.is_main, fresh)
         plan = self._build_plan(call)
         scheduler = prepare_optimizer(call, self.extra_param_groups())
         session = Session(call, plan, scheduler, self._engine, self.t_config)
@@ -311,17 +327,20 @@ class AbstractDistiller:
             logger.info("Nothing left to train: the run is at step %d", progress.global_step)
             return
         session.optimizer.zero_grad()
+        model_args, monitor = session.call.model_args, session.monitor
+        # Decided once per call: without DDP no context manager is entered per micro-batch.
+        no_sync = engine.no_sync_factory(self._ddp_modules)
         for micro in plan.micro_batches():
             if micro.starts_epoch:
                 logger.info("Epoch %d/%d", micro.epoch + 1, plan.num_epochs)
                 session.optimizer.zero_grad()
-            with engine.gradient_sync(self._ddp_modules, sync=micro.ends_step):
-                total, parts = batch_result(
-                    self.train_on_batch(micro.batch, session.call.model_args), type(self).__name__
-                )
-                engine.backward(total)
+            if no_sync is None or micro.ends_step:
+                total, parts = self._forward_backward(micro.batch, model_args)
+            else:  # DDP: accumulate locally, all-reduce only on the step's last micro-batch
+                with no_sync():
+                    total, parts = self._forward_backward(micro.batch, model_args)
             log.record(progress.micro_index, progress.global_step + 1, total, parts)
-            session.monitor.count(micro.batch)
+            monitor.count(micro.batch)
             progress.micro_index += 1
             if not micro.ends_step:
                 continue
@@ -334,11 +353,15 @@ class AbstractDistiller:
                 break
         log.flush(engine)
 
+    def _forward_backward(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
+        # A 0.2.x subclass's train_on_batch may return the loss alone.
+        total, parts = batch_result(self.train_on_batch(batch, args), type(self).__name__)
+        self._engine.backward(total)
+        return total, parts
+
     def _optimizer_step(self, session: Session) -> None:
         engine, progress, optimizer = self._engine, session.progress, session.optimizer
-        stepped = engine.step(
-            optimizer, unwrap(self.model_S).parameters(), session.call.max_grad_norm
-        )
+        stepped = engine.step(optimizer, self._student_parameters, session.call.max_grad_norm)
         session.record_step(self._step_values)  # the LR and weights this step used
         if stepped and session.scheduler is not None:  # a skipped fp16 step keeps the LR
             session.scheduler.step()
@@ -386,13 +409,22 @@ class AbstractDistiller:
     def _build_plan(self, call: TrainCall) -> Plan:
         check_postprocessors(call.batch_postprocessor)
         if call.num_steps is not None:
-            return self._step_plan(call, CycledLoader(call.data, call.batch_postprocessor))
+            return self._step_plan(
+                call, CycledLoader(call.data, call.batch_postprocessor, self._keeps_rng)
+            )
         if not hasattr(call.data, "__len__"):
             raise TypeError(
                 f"epoch mode needs a `dataloader` with __len__ to place checkpoints; "
                 f"{type(call.data).__name__} has none: train with num_steps=... instead"
             )
-        return self._epoch_plan(call, LoaderPasses(call.data), len(call.data))
+        return self._epoch_plan(
+            call, LoaderPasses(call.data, keep_rng=self._keeps_rng), len(call.data)
+        )
+
+    @property
+    def _keeps_rng(self) -> bool:
+        # Pass-start RNG states matter only to a saved training state.
+        return self.t_config.save_training_state
 
     def _epoch_plan(self, call: TrainCall, source: Any, batches_per_epoch: int) -> EpochPlan:
         config = self.t_config
@@ -429,13 +461,17 @@ class AbstractDistiller:
         self._wrappers = {id(module): wrapper for module, wrapper in zip(extras, wrapped)}
         self.wrap_extra_modules(wrapped)
         self._ddp_modules = [self.model_S, *wrapped]
+        self._student_parameters = list(unwrap(student).parameters())  # clipped: listed once
         try:
             yield
         finally:
+            if self._compiled is not None and self.model_S is not student:
+                self._compiled.release(self.model_S)  # the DDP wrapper dies with this call
             self.model_S = student
             self._wrappers = {}
             self.wrap_extra_modules(extras)
             self._ddp_modules = []
+            self._student_parameters = []
 
 
 class _ModuleStates:

@@ -192,7 +192,7 @@ class MultiTaskDistiller(
         _check_same_tasks({"model_T": self.model_T, "dataloaders": call.data})
         postprocessors = call.batch_postprocessor
         check_postprocessors(postprocessors, list(self.model_T))
-        sampler = TaskSampler(call.data, call.tau, postprocessors)
+        sampler = TaskSampler(call.data, call.tau, postprocessors, self._keeps_rng)
         return self._step_plan(call, sampler)
 
 

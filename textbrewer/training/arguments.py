@@ -159,7 +159,13 @@ def _check(call: TrainCall) -> None:
     if call.callback is not None and not callable(call.callback):
         raise TypeError(f"`callback`={call.callback!r} must be callable(model=..., step=...)")
     if call.scheduler_class is not None and not callable(call.scheduler_class):
-        raise TypeError(f"`scheduler_class`={call.scheduler_class!r} must be callable")
+        built = ""
+        if hasattr(call.scheduler_class, "step"):
+            built = " (this is a built scheduler: pass it as scheduler=...)"
+        raise TypeError(
+            f"`scheduler_class`={call.scheduler_class!r} must be callable as "
+            f"scheduler_class(optimizer=..., **scheduler_args){built}"
+        )
     if call.scheduler_args is not None and not isinstance(call.scheduler_args, Mapping):
         raise TypeError(f"`scheduler_args`={call.scheduler_args!r} must be a dict of keywords")
     # A class or factory function in this slot gets its own message (call_checks).

@@ -62,6 +62,11 @@ def check_data_source(data: Any, name: str) -> None:
             "train(optimizer, scheduler, dataloader, num_epochs); TextBrewer 0.2.x order: "
             "train(optimizer, dataloader, num_epochs, ...))"
         )
+    if isinstance(data, (str, bytes)):
+        raise TypeError(
+            f"`{name}`={data!r} is a {type(data).__name__}, not a source of batches: load the "
+            "data and pass a DataLoader over it"
+        )
     if isinstance(data, torch.Tensor):
         raise TypeError(
             f"`{name}` is a tensor of shape {tuple(data.shape)}, not a source of batches; "
@@ -112,8 +117,7 @@ def _first_item_is_one_example(dataset: Dataset) -> bool:
         return values.dim() == 0
     if isinstance(values, (list, tuple)) or isinstance(item, Mapping):
         return any(
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
+            (isinstance(value, (int, float)) and not isinstance(value, bool))
             or (isinstance(value, torch.Tensor) and value.dim() == 0)
             for value in values
         )

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from textbrewer.training.call_errors import add_note
+
 STATE_SUFFIX = ".state.pt"
 _CHECKPOINT_NAME = re.compile(r"^gs(\d+)\.pkl$")
 _TEMPORARY_SUFFIX = ".tmp"
@@ -44,6 +46,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     typically ``0o644``), so a teammate or a serving container can read it.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # removed while training: recreate it
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{_TEMPORARY_SUFFIX}")
     # os.open with mode 0o666 lets the umask decide, as open() does; tempfile.mkstemp would
     # give 0o600 whatever the umask.
@@ -54,9 +57,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             writer.flush()
             os.fsync(writer.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
+        if isinstance(error, OSError):  # e.g. ENOSPC, which names no file
+            add_note(error, f"(while writing {str(path)!r}; an earlier file there is intact)")
         raise
 
 

@@ -8,9 +8,12 @@ opens autocast, scales the loss, and steps the optimizer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -128,6 +131,8 @@ class Engine:
                 self.device.type,
             )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.scaling = self.scaler.is_enabled()  # fixed for the engine's life: read it once
+        self.autocasts = self.precision != "fp32"  # whether the forwards run under autocast
         self.accumulation = config.gradient_accumulation_steps
         self.measure_grad_norm = config.writes_train_scalars
         self.last_grad_norm: torch.Tensor | None = None
@@ -152,19 +157,38 @@ class Engine:
             return nn.DataParallel(module)
         return module
 
-    @contextlib.contextmanager
-    def gradient_sync(self, modules: Iterable[nn.Module], sync: bool) -> Iterator[None]:
+    def gradient_sync(
+        self, modules: Iterable[nn.Module], sync: bool
+    ) -> contextlib.AbstractContextManager:
         """Skips DDP's all-reduce on non-final micro-batches of an accumulated step."""
-        with contextlib.ExitStack() as stack:
-            if not sync:
-                for module in modules:
-                    if isinstance(module, nn.parallel.DistributedDataParallel):
-                        stack.enter_context(module.no_sync())
-            yield
+        ddp = [m for m in modules if isinstance(m, nn.parallel.DistributedDataParallel)]
+        if sync or not ddp:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for module in ddp:
+            stack.enter_context(module.no_sync())
+        return stack
+
+    def no_sync_factory(self, modules: Iterable[nn.Module]) -> Any:
+        """``gradient_sync(modules, sync=False)`` as a factory, or ``None`` without DDP.
+
+        The loop asks once per ``train()`` call, so a run without DDP enters no context manager
+        per micro-batch.
+        """
+        modules = list(modules)
+        if not any(isinstance(m, nn.parallel.DistributedDataParallel) for m in modules):
+            return None
+        return functools.partial(self.gradient_sync, modules, False)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagates ``loss / gradient_accumulation_steps``, scaled under fp16."""
-        self.scaler.scale(loss / self.accumulation).backward()
+        # Without accumulation or scaling the division by 1 and the scaler's pass-through are
+        # skipped: x / 1 is x exactly, and each would add an operator (and its backward) per step.
+        if self.accumulation != 1:
+            loss = loss / self.accumulation
+        if self.scaling:
+            loss = self.scaler.scale(loss)
+        loss.backward()
 
     def step(
         self,
@@ -182,7 +206,8 @@ class Engine:
             and the caller must not advance the LR scheduler then.
         """
         if max_grad_norm > 0:
-            self.scaler.unscale_(optimizer)
+            if self.scaling:
+                self.scaler.unscale_(optimizer)
             self.last_grad_norm = torch.nn.utils.clip_grad_norm_(
                 list(clip_parameters), max_grad_norm
             )
@@ -190,7 +215,7 @@ class Engine:
             self.scaler.unscale_(optimizer)
             grads = [p.grad for p in clip_parameters if p.grad is not None]
             self.last_grad_norm = _total_norm(grads) if grads else None
-        if not self.scaler.is_enabled():
+        if not self.scaling:
             optimizer.step()
             return True
         # GradScaler.step already syncs to look for infs; reading the scale back costs no more.
@@ -217,6 +242,16 @@ class Engine:
         return bool(tensor.item())
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` here (a C call, cheap enough per step)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     # The 2-norm of all gradients together, on the device (no read-back).
     if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: fused per device
@@ -227,7 +262,23 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """Returns the module inside a DataParallel/DistributedDataParallel wrapper."""
-    while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        module = module.module
-    return module
+    """Returns the module inside DataParallel, DistributedDataParallel and torch.compile wrappers.
+
+    So a checkpoint of a student given as ``torch.compile(model)`` holds the plain model's
+    ``state_dict`` (no ``_orig_mod.`` key prefixes).
+    """
+    while True:
+        if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            module = module.module
+        elif "_orig_mod" in module._modules and _is_compiled(module):
+            module = module._orig_mod
+        else:
+            return module
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    # Looked up lazily: importing torch._dynamo costs seconds, and a compiled module can only
+    # exist once it has been imported.
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    compiled = getattr(eval_frame, "OptimizedModule", None)
+    return compiled is not None and isinstance(module, compiled)

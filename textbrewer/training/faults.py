@@ -29,8 +29,11 @@ class NonFiniteWeightsError(FloatingPointError):
     """The weights became NaN or infinite; the checkpoint of that step was not written."""
 
 
-def prepare_output_dir(output_dir: str | os.PathLike, is_main: bool) -> None:
+def prepare_output_dir(output_dir: str | os.PathLike, is_main: bool, fresh: bool = False) -> None:
     """Checks that ``output_dir`` is writable and removes stale checkpoint temporaries (rank 0).
+
+    A fresh run (``fresh``: no ``resume_from``) into a directory that already holds checkpoints
+    gets a warning: its files of the same steps would replace the earlier run's.
 
     Raises:
         PermissionError: the directory cannot be created or written to (another ``OSError``
@@ -52,6 +55,22 @@ def prepare_output_dir(output_dir: str | os.PathLike, is_main: bool) -> None:
             "directory you can write to, or fix its permissions, before training"
         ) from error
     remove_stale_temporaries(path)
+    if fresh:
+        _warn_earlier_checkpoints(path)
+
+
+def _warn_earlier_checkpoints(directory: Path) -> None:
+    steps = sorted(_step(path) for path in directory.glob("gs*.pkl") if _step(path) >= 0)
+    if steps:
+        logger.warning(
+            "output_dir %s already holds %d checkpoint(s) (gs%d.pkl ... gs%d.pkl) and this run "
+            "starts fresh: its checkpoints replace those of the same steps. Pass "
+            "resume_from='auto' to continue the earlier run, or use another output_dir",
+            directory,
+            len(steps),
+            steps[0],
+            steps[-1],
+        )
 
 
 def remove_stale_temporaries(directory: Path) -> list[str]:

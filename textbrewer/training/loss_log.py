@@ -31,7 +31,7 @@ class LossLog:
     def __init__(self, writer: Any = None, progress: Any = None) -> None:
         self.writer = writer
         self.progress = progress
-        self._pending: list[tuple[int, int, list[str], torch.Tensor]] = []
+        self._pending: list[tuple[int, int, list[str], list[torch.Tensor]]] = []
         self._pending_steps: list[tuple[int, dict[str, float], list[str], torch.Tensor]] = []
         self.last_losses: dict[str, float] = {}
 
@@ -39,12 +39,14 @@ class LossLog:
         self, micro_index: int, global_step: int, total: torch.Tensor, parts: dict[str, Any]
     ) -> None:
         """Keeps one micro-batch's losses (``global_step`` = the optimizer step it feeds)."""
-        # Stacked, not read: reading here would sync the device on every micro-batch, and one
-        # stacked tensor per micro-batch keeps the flush to a single conversion and copy.
-        values = [_detached(total), *(_detached(value) for value in parts.values())]
-        first = values[0]
-        stacked = torch.stack([value.to(first.device, first.dtype) for value in values])
-        self._pending.append((micro_index, global_step, list(parts), stacked))
+        # Kept, not read: reading here would sync the device on every micro-batch. Stacking
+        # waits for the flush too, which stacks every pending value at once (one operator per
+        # flush, not one per micro-batch).
+        values = [
+            value.detach() if isinstance(value, torch.Tensor) else _detached(value)
+            for value in (total, *parts.values())
+        ]
+        self._pending.append((micro_index, global_step, list(parts), values))
 
     def record_step(self, global_step: int, values: dict[str, Any]) -> None:
         """Keeps one optimizer step's scalars, written as ``train/<name>`` at ``global_step``.
@@ -74,9 +76,9 @@ class LossLog:
             return
         pending, self._pending = self._pending, []
         steps, self._pending_steps = self._pending_steps, []
-        device = pending[0][3].device
+        device = pending[0][3][0].device
         dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
-        tensors = [stacked.to(dtype) for *_, stacked in pending]
+        tensors = [_stacked([values for *_, values in pending]).to(dtype)]
         tensors += [stacked.to(device, dtype) for *_, stacked in steps]
         values = iter(torch.cat(tensors).tolist())
         rows = []
@@ -139,6 +141,19 @@ def _detached(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach()
     return torch.tensor(float(value))
+
+
+def _stacked(records: list[list[torch.Tensor]]) -> torch.Tensor:
+    """All records' values in one 1-D tensor, in order, each in its record's first dtype."""
+    flat = [value for values in records for value in values]
+    first = flat[0]
+    if all(value.dtype == first.dtype and value.device == first.device for value in flat):
+        return torch.stack(flat)
+    # Mixed dtypes or devices: each value is converted to its record's total's dtype, as a
+    # per-record stack would.
+    return torch.stack(
+        [value.to(values[0].device, values[0].dtype) for values in records for value in values]
+    )
 
 
 def _means(rows: list) -> dict[str, float]:

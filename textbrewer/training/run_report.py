@@ -61,10 +61,10 @@ def batch_size_of(batch: Any) -> int | None:
     """The leading dimension of the first tensor found in ``batch`` (depth first), or ``None``."""
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() > 0 else None
-    if isinstance(batch, Mapping):
-        children = batch.values()
-    elif isinstance(batch, (list, tuple)):
+    if isinstance(batch, (list, tuple)):  # before the (slower) Mapping ABC check
         children = batch
+    elif isinstance(batch, Mapping):
+        children = batch.values()
     elif dataclasses.is_dataclass(batch) and not isinstance(batch, type):
         children = (getattr(batch, field.name) for field in dataclasses.fields(batch))
     else:
@@ -130,7 +130,11 @@ class RunMonitor:
         """Adds one micro-batch's samples (its leading dimension)."""
         if not self.counting:
             return
-        size = batch_size_of(batch)
+        first = batch[0] if type(batch) in (tuple, list) and batch else None
+        if isinstance(first, torch.Tensor) and first.dim() > 0:  # the usual (ids, mask, ...)
+            size = first.shape[0]
+        else:
+            size = batch_size_of(batch)
         if size is None:
             # No tensor to count in: report no throughput rather than a wrong one.
             self.counting = False

@@ -21,6 +21,7 @@ from textbrewer.configurations import TrainingConfig
 from textbrewer.training import checkpoint as ckpt
 from textbrewer.training.arguments import TrainCall
 from textbrewer.training.call_checks import build_scheduler
+from textbrewer.training.call_errors import add_note
 from textbrewer.training.engine import Engine
 from textbrewer.training.evaluation import Evaluation, check_evaluation, report_metrics
 from textbrewer.training.lifecycle import CheckpointLifecycle, check_continuation, resume_source
@@ -117,13 +118,14 @@ class Session:
             from tensorboardX import SummaryWriter
 
             writer = SummaryWriter(log_dir=str(config.log_dir))
-        bar = tqdm(
-            total=self.plan.total_steps,
-            initial=self.progress.global_step,
-            desc="Training",
-            unit="step",
-            disable=not config.progress_bar,
-        )
+        bar = None
+        if config.progress_bar:  # no bar object at all otherwise: nothing to update per step
+            bar = tqdm(
+                total=self.plan.total_steps,
+                initial=self.progress.global_step,
+                desc="Training",
+                unit="step",
+            )
         self.log = LossLog(writer, bar)
 
     def close(self) -> None:
@@ -214,7 +216,20 @@ class Session:
                 "scheduler settings"
             )
         for name, part in self.stateful.items():
-            part.load_state_dict(state["parts"][name])
+            try:
+                part.load_state_dict(state["parts"][name])
+            except Exception as error:
+                add_note(error, f"(while restoring the part {name!r} from {str(path)!r})")
+                raise
+        if len(state["ranks"]) != self.engine.world_size and self.engine.is_main:
+            logger.warning(
+                "%s was saved by %d process(es), this run has %d: each rank resumes from the "
+                "position of rank min(rank, %d), so the data order differs from the saved run's",
+                path,
+                len(state["ranks"]),
+                self.engine.world_size,
+                len(state["ranks"]) - 1,
+            )
         mine = state["ranks"][min(self.engine.rank, len(state["ranks"]) - 1)]
         self.plan.load_state_dict(mine["position"])
         ckpt.restore_rng_state(mine["rng"])  # after repositioning the data, which draws too
