@@ -590,23 +590,24 @@ def test_a_proj_of_the_wrong_length_or_type_is_rejected(proj):
 
 
 @pytest.mark.parametrize(
-    ("proj", "position", "value"),
+    ("proj", "position", "value", "wanted"),
     [
-        (["linear", 4.0, 8], 1, "4.0"),
-        (["linear", 4, "8"], 2, "'8'"),
-        (["linear", True, 8], 1, "True"),
-        (["linear", 0, 8], 1, "0"),
-        (["linear", 4, -8], 2, "-8"),
+        (["linear", 4.5, 8], 1, "4.5", "a whole number"),
+        (["linear", 4, "8"], 2, "'8'", "an int"),
+        (["linear", 0, 8], 1, "0", "an int >= 1"),
+        (["linear", 4, -8], 2, "-8", "an int >= 1"),
     ],
 )
-def test_a_proj_with_a_dimension_that_is_not_a_positive_int_is_rejected(proj, position, value):
+def test_a_proj_with_a_dimension_that_is_not_a_positive_int_is_rejected(
+    proj, position, value, wanted
+):
     raises_config_error(
         lambda: DistillationConfig(intermediate_matches=[match(proj=proj)]),
-        rf"`intermediate_matches\[0\]\.proj\[{position}\]`={re.escape(value)} must be an int",
+        rf"`intermediate_matches\[0\]\.proj\[{position}\]`={re.escape(value)} must be {wanted}",
     )
 
 
-@pytest.mark.parametrize("options", ["lr", [1e-3], 0.001, None])
+@pytest.mark.parametrize("options", ["lr", [1e-3], 0.001])
 def test_a_proj_whose_fourth_element_is_not_a_dict_is_rejected(options):
     raises_config_error(
         lambda: DistillationConfig(intermediate_matches=[match(proj=["linear", 4, 8, options])]),
@@ -669,7 +670,7 @@ def test_a_user_registered_loss_rejects_an_int_on_one_side_and_a_pair_on_the_oth
     )
 
 
-@pytest.mark.parametrize("layer", [[0, 1, 2], [0], "1", 1.0, True, [0, "1"], None], ids=repr)
+@pytest.mark.parametrize("layer", [[0, 1, 2], [0], "one", 1.5, True, [0, "x"], None], ids=repr)
 def test_a_layer_that_is_neither_an_int_nor_a_pair_of_ints_is_rejected(layer):
     raises_config_error(
         lambda: DistillationConfig(intermediate_matches=[match(layer_S=layer)]),
@@ -703,12 +704,14 @@ def test_an_empty_match_dict_is_rejected_naming_the_missing_keys():
     )
 
 
-def test_a_match_with_an_unknown_key_names_the_key():
-    raises_config_error(
-        lambda: DistillationConfig(intermediate_matches=[match(projection=["linear", 4, 8])]),
-        r"`intermediate_matches\[0\]` has unknown key\(s\) \['projection'\]",
-        "'proj'",
-    )
+def test_a_match_with_an_unknown_key_is_kept_with_a_warning_naming_the_key():
+    # TextBrewer 0.2.x ignored keys it did not read; so does this library, but it says so.
+    with pytest.warns(
+        UserWarning, match=r"`intermediate_matches\[0\]` has key\(s\) \['projection'\]"
+    ):
+        config = DistillationConfig(intermediate_matches=[match(projection=["linear", 4, 8])])
+    assert config.intermediate_matches[0].proj is None
+    assert "projection" not in config.intermediate_matches[0].to_dict()
 
 
 @pytest.mark.parametrize(
@@ -732,8 +735,6 @@ def test_intermediate_matches_that_are_not_a_list_of_dicts_are_rejected(value, p
         ("ckpt_frequency", -1),
         ("ckpt_epoch_frequency", 0),
         ("ckpt_epoch_frequency", -3),
-        ("ckpt_steps", 0),
-        ("ckpt_steps", -5),
     ],
 )
 def test_a_count_below_one_is_rejected(field, value, tmp_path):
@@ -742,14 +743,27 @@ def test_a_count_below_one_is_rejected(field, value, tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    "field", ["gradient_accumulation_steps", "ckpt_frequency", "ckpt_epoch_frequency", "ckpt_steps"]
-)
-@pytest.mark.parametrize("value", [True, False, 2.0, 1.5, "2"], ids=repr)
-def test_a_count_that_is_a_bool_float_or_string_is_rejected(field, value, tmp_path):
+@pytest.mark.parametrize("value", [0, -5, 0.5, "2", None, True], ids=repr)
+def test_a_ckpt_steps_below_one_or_not_a_number_is_rejected(value, tmp_path):
+    if value is None:
+        assert training(tmp_path, ckpt_steps=None).ckpt_steps is None
+        return
+    wanted = "must be a number of optimizer steps" if value in ("2", True) else "must be >= 1"
     raises_config_error(
-        lambda: training(tmp_path, **{field: value}),
-        rf"`{field}`={re.escape(repr(value))} must be an int$",
+        lambda: training(tmp_path, ckpt_steps=value),
+        rf"`ckpt_steps`={re.escape(repr(value))} {wanted}",
+    )
+
+
+@pytest.mark.parametrize(
+    "field", ["gradient_accumulation_steps", "ckpt_frequency", "ckpt_epoch_frequency"]
+)
+@pytest.mark.parametrize("value", [1.5, "2", False], ids=repr)
+def test_a_count_that_is_a_fraction_a_string_or_false_is_rejected(field, value, tmp_path):
+    wanted = {1.5: "a whole number", "2": "an int", False: "an int >= 1"}[value]
+    shown = "0" if value is False else re.escape(repr(value))
+    raises_config_error(
+        lambda: training(tmp_path, **{field: value}), rf"`{field}`={shown} must be {wanted}"
     )
 
 
@@ -820,7 +834,7 @@ def test_a_temperature_scheduler_with_arguments_that_do_not_fit_is_rejected(valu
     )
 
 
-@pytest.mark.parametrize("value", [[], [3, 1.0], 4.0, None], ids=repr)
+@pytest.mark.parametrize("value", [[], [3, 1.0], 4.0], ids=repr)
 def test_a_temperature_scheduler_that_is_not_a_name_or_a_list_is_rejected(value):
     raises_config_error(
         lambda: DistillationConfig(temperature_scheduler=value),
@@ -839,7 +853,7 @@ def test_temperature_schedulers_with_fitting_arguments_are_accepted_and_kept_as_
 
 
 @pytest.mark.parametrize("field", ["probability_shift", "is_caching_logits"])
-@pytest.mark.parametrize("value", [1, "yes", None], ids=repr)
+@pytest.mark.parametrize("value", [2, "yes", "False", None], ids=repr)
 def test_a_flag_that_is_not_a_bool_is_rejected(field, value):
     raises_config_error(
         lambda: DistillationConfig(**{field: value}),
@@ -916,14 +930,14 @@ def test_several_problems_of_a_distillation_config_are_reported_in_one_message()
             temperature=0,
             kd_loss_type="kl_div",
             kd_loss_weight_scheduler="cosine",
-            intermediate_matches=[match(feature="embeddings"), match(extra=1)],
+            intermediate_matches=[match(feature="embeddings"), match(weight="heavy")],
         ),
         r"^DistillationConfig: 5 problems:\n",
         "`temperature`=0",
         "`kd_loss_type`='kl_div'",
         "`kd_loss_weight_scheduler`='cosine'",
         "`intermediate_matches[0].feature`='embeddings'",
-        "`intermediate_matches[1]` has unknown key(s) ['extra']",
+        "`intermediate_matches[1].weight`='heavy'",
     )
     assert len(message.splitlines()) == 6
     assert all(line.startswith("  - ") for line in message.splitlines()[1:])
@@ -932,11 +946,11 @@ def test_several_problems_of_a_distillation_config_are_reported_in_one_message()
 def test_several_problems_of_a_training_config_are_reported_in_one_message(tmp_path):
     raises_config_error(
         lambda: training(
-            tmp_path, gradient_accumulation_steps=0, ckpt_steps=1.5, fp16_opt_level="O9"
+            tmp_path, gradient_accumulation_steps=0, ckpt_steps=0.5, fp16_opt_level="O9"
         ),
         r"^TrainingConfig: 3 problems:\n",
         "`gradient_accumulation_steps`=0",
-        "`ckpt_steps`=1.5",
+        "`ckpt_steps`=0.5",
         "`fp16_opt_level`='O9'",
     )
 
@@ -1054,11 +1068,11 @@ def test_building_distillers_from_the_configs_does_not_mutate_either_config(tmp_
     ("overrides", "message"),
     [
         ({"save_total_limit": 0}, "`save_total_limit`=0 must be an int >= 1"),
-        ({"eval_steps": 2.5}, "`eval_steps`=2.5 must be an int"),
+        ({"eval_steps": 2.5}, "`eval_steps`=2.5 must be a whole number"),
         ({"metric_for_best_model": 3}, "`metric_for_best_model`=3 must be the name (str)"),
         ({"greater_is_better": "yes", "metric_for_best_model": "f1"}, "`greater_is_better`='yes'"),
         ({"early_stopping_threshold": -0.1}, "`early_stopping_threshold`=-0.1 must be >= 0"),
-        ({"log_train_scalars": 1}, "`log_train_scalars`=1 must be True or False"),
+        ({"log_train_scalars": 2}, "`log_train_scalars`=2 must be True or False"),
         (
             {"early_stopping_patience": 3},
             "`early_stopping_patience`=3 needs `metric_for_best_model`",

@@ -6,7 +6,19 @@ registries, and holds no logic of its own.
 
 __version__ = "0.3.0"
 
-from textbrewer import data_utils, losses, presets, recipes, utils
+from textbrewer import (  # distiller_*: TextBrewer 0.2.x module paths, aliases
+    data_utils,
+    distiller_basic,
+    distiller_general,
+    distiller_multitask,
+    distiller_multiteacher,
+    distiller_train,
+    distiller_utils,
+    losses,
+    presets,
+    recipes,
+    utils,
+)
 from textbrewer._validation import ConfigError
 from textbrewer.configurations import DistillationConfig, TrainingConfig
 from textbrewer.distillers import (
@@ -60,6 +72,12 @@ __all__ = [
     "TrainingConfig",
     "__version__",
     "data_utils",
+    "distiller_basic",
+    "distiller_general",
+    "distiller_multitask",
+    "distiller_multiteacher",
+    "distiller_train",
+    "distiller_utils",
     "losses",
     "presets",
     "recipes",

@@ -6,9 +6,26 @@ the field in backticks, the value with ``repr``, and what would be accepted.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
+
+import numpy as np
+import torch
+
+
+def plain_number(value: Any) -> Any:
+    """A numpy scalar or 0-d tensor as the Python number it holds; anything else as is.
+
+    TextBrewer 0.2.x used such values in arithmetic, where they act as numbers; as Python
+    numbers they also keep a config JSON-serialisable.
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad:
+        return value.item()
+    return value
 
 
 class ConfigError(ValueError, TypeError):
@@ -43,32 +60,67 @@ class Problems:
             listed = "\n".join(f"  - {message}" for message in self.messages)
             raise ConfigError(f"{self.owner}: {len(self.messages)} problems:\n{listed}")
 
-    def integer(self, field: str, value: Any, minimum: int | None = None) -> bool:
-        """Checks that ``value`` is an int (not a bool) no smaller than ``minimum``."""
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    def whole(self, field: str, value: Any, minimum: int | None = None) -> int | None:
+        """Returns ``value`` as an int no smaller than ``minimum``, or records a problem.
+
+        What TextBrewer 0.2.x counted with is accepted: ints, numpy ints, bools and floats with
+        a whole value (``2.0``, as argparse ``type=float`` gives). A fraction is a problem.
+        """
+        value = plain_number(value)
+        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+            whole = value == int(value) if math.isfinite(value) else False
+            if not whole:
+                self.add(f"`{field}`={value!r} must be a whole number (an int such as 2)")
+                return None
+        elif not isinstance(value, numbers.Integral):
             self.add(f"`{field}`={value!r} must be an int")
-            return False
+            return None
+        value = int(value)
         if minimum is not None and value < minimum:
             self.add(f"`{field}`={value!r} must be an int >= {minimum}")
-            return False
-        return True
+            return None
+        return value
 
-    def number(self, field: str, value: Any, positive: bool = False) -> bool:
-        """Checks that ``value`` is a real number (not a bool), optionally > 0."""
+    def integer(self, field: str, value: Any, minimum: int | None = None) -> bool:
+        """Checks what ``whole`` accepts; returns whether it did."""
+        return self.whole(field, value, minimum) is not None
+
+    def real(self, field: str, value: Any, positive: bool = False) -> float | int | None:
+        """Returns ``value`` as a Python number (numpy scalars unwrapped), or records a problem.
+
+        Bools are refused: a weight or temperature of ``True`` is a mistake, not a number.
+        """
+        value = plain_number(value)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             self.add(f"`{field}`={value!r} must be a number (int or float)")
-            return False
+            return None
         if positive and not value > 0:
             self.add(f"`{field}`={value!r} must be a number > 0")
-            return False
-        return True
+            return None
+        return value
+
+    def number(self, field: str, value: Any, positive: bool = False) -> bool:
+        """Checks what ``real`` accepts; returns whether it did."""
+        return self.real(field, value, positive) is not None
+
+    def flag(self, field: str, value: Any) -> bool | None:
+        """Returns ``value`` as a bool, or records a problem.
+
+        TextBrewer 0.2.x only tested these for truth, so numpy bools and the ints 0 and 1 are
+        read as the bools they mean; anything else (e.g. the string ``'False'``, which is true)
+        would silently do the wrong thing and is a problem.
+        """
+        value = plain_number(value)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, numbers.Integral) and value in (0, 1):
+            return bool(value)
+        self.add(f"`{field}`={value!r} must be True or False")
+        return None
 
     def boolean(self, field: str, value: Any) -> bool:
-        """Checks that ``value`` is a bool."""
-        if not isinstance(value, bool):
-            self.add(f"`{field}`={value!r} must be True or False")
-            return False
-        return True
+        """Checks what ``flag`` accepts; returns whether it did."""
+        return self.flag(field, value) is not None
 
     def choice(self, field: str, value: Any, allowed: Iterable[Any], where: str = "") -> bool:
         """Checks that ``value`` is one of ``allowed`` (a registry, or a list of choices)."""

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar, Union
 import torch
 
 from textbrewer import presets
+from textbrewer._compat import checked_ckpt_steps, none_as_no_scheduler
 from textbrewer._compiling import check_compile_option
 from textbrewer._validation import Problems, check_keys
 from textbrewer.matches import IntermediateMatch
@@ -25,6 +26,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 _OPT_LEVELS = ("O0", "O1", "O2", "O3")
 _PRECISIONS = ("no", "fp16", "bf16")
 AUTO_DEVICE = "auto"
+_COUNTS = (
+    ("gradient_accumulation_steps", 1),
+    ("ckpt_frequency", 1),
+    ("ckpt_epoch_frequency", 1),
+    ("local_rank", -1),
+    ("log_every_n_steps", 1),
+)
 """The ``device`` value that means CUDA when available, else the CPU."""
 
 
@@ -87,7 +95,8 @@ class TrainingConfig(_Config):
         ckpt_frequency: checkpoints per epoch (epoch mode), evenly spaced.
         ckpt_epoch_frequency: checkpoint only every this many epochs (and always in the last).
         ckpt_steps: in step mode (``train(..., num_steps=N)``), checkpoint every this many
-            optimizer steps and at ``num_steps``; required then, ignored in epoch mode.
+            optimizer steps and at ``num_steps``; required then, ignored in epoch mode. A float
+            (argparse ``type=float``) counts by its whole part, as in TextBrewer 0.2.x.
         log_dir: directory for tensorboard scalars; ``None`` disables tensorboard.
         output_dir: where ``gs{step}.pkl`` checkpoints go; created (with parents) when the config
             is built, on rank 0 only.
@@ -175,11 +184,11 @@ class TrainingConfig(_Config):
 
     def __post_init__(self) -> None:
         problems = Problems("TrainingConfig")
-        problems.integer("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
-        problems.integer("ckpt_frequency", self.ckpt_frequency, 1)
-        problems.integer("ckpt_epoch_frequency", self.ckpt_epoch_frequency, 1)
-        if self.ckpt_steps is not None:
-            problems.integer("ckpt_steps", self.ckpt_steps, 1)
+        # Counts and flags are coerced to int/bool where TextBrewer 0.2.x accepted other forms
+        # (2.0 from argparse type=float, numpy scalars, 0/1): see docs/migration.rst.
+        for field, minimum in _COUNTS:
+            setattr(self, field, problems.whole(field, getattr(self, field), minimum))
+        self.ckpt_steps = checked_ckpt_steps(self.ckpt_steps, problems)
         for field in ("log_dir", "output_dir"):
             value = getattr(self, field)
             if not (value is None and field == "log_dir") and not isinstance(
@@ -188,10 +197,8 @@ class TrainingConfig(_Config):
                 problems.add(f"`{field}`={value!r} must be a path (str or os.PathLike)")
         self._check_device(problems)
         for field in ("fp16", "data_parallel", "save_training_state", "progress_bar"):
-            problems.boolean(field, getattr(self, field))
+            setattr(self, field, problems.flag(field, getattr(self, field)))
         problems.choice("fp16_opt_level", self.fp16_opt_level, _OPT_LEVELS)
-        problems.integer("local_rank", self.local_rank, -1)
-        problems.integer("log_every_n_steps", self.log_every_n_steps, 1)
         self._check_precision(problems)
         self._check_lifecycle(problems)
         self._check_compile(problems)
@@ -240,7 +247,7 @@ class TrainingConfig(_Config):
     def _check_lifecycle(self, problems: Problems) -> None:
         for field in ("eval_steps", "save_total_limit", "early_stopping_patience"):
             if getattr(self, field) is not None:
-                problems.integer(field, getattr(self, field), 1)
+                setattr(self, field, problems.whole(field, getattr(self, field), 1))
         if self.metric_for_best_model is not None and not isinstance(
             self.metric_for_best_model, str
         ):
@@ -249,14 +256,14 @@ class TrainingConfig(_Config):
                 "of a metric the callback returns, or None"
             )
         if self.greater_is_better is not None:
-            problems.boolean("greater_is_better", self.greater_is_better)
+            self.greater_is_better = problems.flag("greater_is_better", self.greater_is_better)
         threshold = self.early_stopping_threshold
         if problems.number("early_stopping_threshold", threshold) and threshold < 0:
             problems.add(
                 f"`early_stopping_threshold`={self.early_stopping_threshold!r} must be >= 0"
             )
         if self.log_train_scalars is not None:
-            problems.boolean("log_train_scalars", self.log_train_scalars)
+            self.log_train_scalars = problems.flag("log_train_scalars", self.log_train_scalars)
         if self.early_stopping_patience is not None and self.metric_for_best_model is None:
             problems.add(
                 f"`early_stopping_patience`={self.early_stopping_patience!r} needs "
@@ -342,17 +349,17 @@ class DistillationConfig(_Config):
 
     def __post_init__(self) -> None:
         problems = Problems("DistillationConfig")
-        problems.number("temperature", self.temperature, positive=True)
-        problems.number("hard_label_weight", self.hard_label_weight)
-        problems.number("kd_loss_weight", self.kd_loss_weight)
+        self.temperature = problems.real("temperature", self.temperature, positive=True)
+        self.hard_label_weight = problems.real("hard_label_weight", self.hard_label_weight)
+        self.kd_loss_weight = problems.real("kd_loss_weight", self.kd_loss_weight)
         for field in ("hard_label_weight_scheduler", "kd_loss_weight_scheduler"):
-            value = getattr(self, field)
+            value = none_as_no_scheduler(self, field)
             if value != "none":
                 problems.choice(field, value, presets.WEIGHT_SCHEDULER, "WEIGHT_SCHEDULER")
         self._check_kd_loss_type(problems)
-        problems.boolean("kd_loss_t2_scaling", self.kd_loss_t2_scaling)
-        problems.boolean("probability_shift", self.probability_shift)
-        problems.boolean("is_caching_logits", self.is_caching_logits)
+        self.kd_loss_t2_scaling = problems.flag("kd_loss_t2_scaling", self.kd_loss_t2_scaling)
+        self.probability_shift = problems.flag("probability_shift", self.probability_shift)
+        self.is_caching_logits = problems.flag("is_caching_logits", self.is_caching_logits)
         self._check_temperature_scheduler(problems)
         self.intermediate_matches = self._build_matches(problems)
         problems.raise_if_any()
@@ -374,7 +381,7 @@ class DistillationConfig(_Config):
                 problems.add(f"`kd_loss_type`={value!r}: {error}")
 
     def _check_temperature_scheduler(self, problems: Problems) -> None:
-        value = self.temperature_scheduler
+        value = none_as_no_scheduler(self, "temperature_scheduler")
         if isinstance(value, tuple):
             value = self.temperature_scheduler = list(value)
         if value == "none":

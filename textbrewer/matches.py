@@ -7,6 +7,7 @@ import numbers
 from typing import Any
 
 from textbrewer import presets
+from textbrewer._compat import layer_spec, warn_user
 from textbrewer._validation import Problems
 
 _REQUIRED = ("layer_T", "layer_S", "feature", "loss", "weight")
@@ -54,12 +55,17 @@ class IntermediateMatch:
             return cls(*(None for _ in _ALL_KEYS))
         unknown = [key for key in entry if key not in _ALL_KEYS]
         if unknown:
-            problems.add(f"`{prefix}` has unknown key(s) {unknown} (known: {list(_ALL_KEYS)})")
+            # TextBrewer 0.2.x read the keys it knew and ignored the rest (e.g. a note, or a
+            # 'name' used by the script itself): keep training, but say they do nothing.
+            warn_user(
+                f"`{prefix}` has key(s) {unknown} that no match reads (known: "
+                f"{list(_ALL_KEYS)}); they are ignored"
+            )
         missing = [key for key in _REQUIRED if key not in entry]
         if missing:
             problems.add(f"`{prefix}` is missing key(s) {missing}")
         match = cls(**{key: entry.get(key) for key in _ALL_KEYS})
-        if not missing and not unknown:
+        if not missing:
             match._check(prefix, problems)
         if own:
             problems.raise_if_any()
@@ -67,7 +73,8 @@ class IntermediateMatch:
 
     def _check(self, prefix: str, problems: Problems) -> None:
         problems.choice(f"{prefix}.feature", self.feature, presets.FEATURES, "FEATURES")
-        problems.number(f"{prefix}.weight", self.weight)
+        self.weight = problems.real(f"{prefix}.weight", self.weight)
+        self.layer_T, self.layer_S = layer_spec(self.layer_T), layer_spec(self.layer_S)
         if problems.choice(f"{prefix}.loss", self.loss, presets.MATCH_LOSS_MAP, "MATCH_LOSS_MAP"):
             self._check_layers(prefix, problems)
         if self.proj is not None:
@@ -89,9 +96,6 @@ class IntermediateMatch:
         pairs = {}
         for side in ("layer_T", "layer_S"):
             value = getattr(self, side)
-            if isinstance(value, tuple):
-                value = list(value)
-                setattr(self, side, value)
             is_int = isinstance(value, int) and not isinstance(value, bool)
             is_pair = isinstance(value, list) and len(value) == 2
             is_pair = is_pair and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
@@ -143,10 +147,10 @@ def _checked_proj(proj: Any, prefix: str, problems: Problems) -> list[Any] | Non
         )
         return None
     kind, dim_in, dim_out, *rest = proj
-    options = rest[0] if rest else {}
+    options = rest[0] if rest and rest[0] is not None else {}
     problems.choice(f"{field}[0]", kind, presets.PROJ_MAP, "PROJ_MAP")
-    problems.integer(f"{field}[1]", dim_in, 1)
-    problems.integer(f"{field}[2]", dim_out, 1)
+    dim_in = problems.whole(f"{field}[1]", dim_in, 1)
+    dim_out = problems.whole(f"{field}[2]", dim_out, 1)
     if not isinstance(options, dict):
         problems.add(
             f"`{field}[3]`={options!r} must be a dict of optimizer options, e.g. {{'lr': 1e-3}}"

@@ -45,7 +45,7 @@ def distill(rank, world_size, batches, workdir, matches):
         simple_adaptor,
         simple_adaptor,
     )
-    distiller.projs.double()
+    distiller.matches.projections.double()
     seen = []
     distiller.train(
         torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9),
@@ -69,7 +69,11 @@ def worker(rank, world_size, port, workdir, results):
     halves = [(ids.clamp(min=1), torch.ones_like(mask), labels) for ids, mask, labels in halves]
     student, distiller, seen = distill(rank, world_size, halves, workdir, [MATCH])
     torch.save(
-        {"student": student.state_dict(), "proj": distiller.projs.state_dict(), "seen": seen},
+        {
+            "student": student.state_dict(),
+            "proj": distiller.matches.projections.state_dict(),
+            "seen": seen,
+        },
         os.path.join(results, f"rank{rank}.pt"),
     )
     torch.distributed.destroy_process_group()
@@ -86,7 +90,7 @@ def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):
     for saved in ranks:
         for key, value in student.state_dict().items():
             torch.testing.assert_close(saved["student"][key], value, rtol=0, atol=1e-6)
-        for key, value in distiller.projs.state_dict().items():
+        for key, value in distiller.matches.projections.state_dict().items():
             torch.testing.assert_close(saved["proj"][key], value, rtol=0, atol=1e-6)
     assert (
         ranks[0]["seen"]

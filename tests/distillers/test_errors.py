@@ -189,8 +189,9 @@ def test_missing_cuda_is_an_error_not_a_fallback(tmp_path):
     ("arguments", "error", "message"),
     [
         (("not an optimizer", None, [], 1), TypeError, "`optimizer`='not an optimizer'"),
-        ((None, [], 0), ValueError, "`num_epochs`=0 must be >= 1"),
-        ((None, [], 1.5), TypeError, "`num_epochs`=1.5 must be an int"),
+        ((None, [], 0), ValueError, "`num_epochs`=0 must be > 0"),
+        ((None, [], -1.5), ValueError, "`num_epochs`=-1.5 must be > 0"),
+        ((None, [], "2"), TypeError, "`num_epochs`='2' must be a number"),
         ((None, [], 1, None, "cb"), TypeError, "`callback`='cb' must be callable"),
         ((None, [], 1, None, None, None, None), TypeError, "at most 7 positional"),
     ],

@@ -100,7 +100,7 @@ def test_two_teachers_with_one_match_each_and_projections_match_hand_loop(tmp_pa
         temperature=3, hard_label_weight=0.5, intermediate_matches=TWO_TEACHER_MATCHES
     )
     distiller = multi_teacher(tmp_path, teachers, student, config)
-    distiller.projs.double()
+    distiller.matches.projections.double()
     projections = [copy.deepcopy(layer) for layer in distiller.projs]
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9), None, batches, 2)
 
@@ -209,7 +209,7 @@ def test_multi_task_with_two_teachers_for_one_task_matches_hand_loop(tmp_path):
         teacher_weights={"a": [3, 1]},
         combine_teachers="mean_losses",
     )
-    distiller.projs.double()
+    distiller.matches.projections.double()
     projection = copy.deepcopy(distiller.projs[0])
     np.random.seed(7)
     distiller.train(
@@ -403,15 +403,22 @@ def test_mean_of_ce_losses_is_ce_against_the_mixture_of_probabilities(tmp_path):
     torch.testing.assert_close(parts["unweighted_kd_loss"], expected, rtol=1e-12, atol=1e-12)
 
 
-def test_without_teacher_logits_there_is_no_kd_term_in_either_mode(tmp_path):
+def test_a_teacher_without_logits_is_an_error_naming_it_in_either_mode(tmp_path):
+    # 0.2.x raised when one side's adaptor returned logits and another's did not; silently
+    # training without the KD term would hide the mistake.
     teachers = [make_models(seed=s)[0] for s in (1, 2)]
     for mode in ("mean_logits", "mean_losses"):
         distiller = multi_teacher(tmp_path, teachers, make_models()[1], combine_teachers=mode)
         losses = torch.tensor([0.5, 1.5], dtype=torch.float64)
-        total, parts = distiller.compute_loss(
-            {"logits": [torch.zeros(2, 3)], "losses": [losses]},
-            [{}, {"logits": [torch.ones(2, 3)]}],
-        )
+        with pytest.raises(
+            ValueError,
+            match=r"adaptor_S, adaptor_T\[1\] returned 'logits' but adaptor_T\[0\] did not",
+        ):
+            distiller.compute_loss(
+                {"logits": [torch.zeros(2, 3)], "losses": [losses]},
+                [{}, {"logits": [torch.ones(2, 3)]}],
+            )
+        total, parts = distiller.compute_loss({"losses": [losses]}, [{}, {}])
         assert list(parts) == ["unweighted_hard_label_loss"]
         assert total.item() == pytest.approx(0.5)
 
@@ -442,7 +449,7 @@ def resumable_run(tmp_path, name, resume_from=None):
         teacher_weights=[1, 2],
         combine_teachers="mean_losses",
     )
-    distiller.projs.double()
+    distiller.matches.projections.double()
     optimizer = torch.optim.AdamW(student.parameters(), lr=0.01)
     torch.manual_seed(1)
     distiller.train(
@@ -465,9 +472,12 @@ def test_multi_teacher_run_with_projections_resumes_bit_identically(tmp_path):
         resumed, distiller = resumable_run(tmp_path, f"from{step}", resume_from=checkpoint)
         for key, value in reference.state_dict().items():
             assert torch.equal(resumed.state_dict()[key], value), (step, key)
-        pairs = zip(reference_distiller.projs.parameters(), distiller.projs.parameters())
+        pairs = zip(
+            reference_distiller.matches.projections.parameters(),
+            distiller.matches.projections.parameters(),
+        )
         assert all(torch.equal(a, b) for a, b in pairs)
-        assert len(list(distiller.projs.parameters())) == 4
+        assert len(list(distiller.matches.projections.parameters())) == 4
 
 
 def ddp_distill(rank, world_size, batches, workdir):
@@ -485,7 +495,7 @@ def ddp_distill(rank, world_size, batches, workdir):
         simple_adaptor,
         teacher_weights=[3, 1],
     )
-    distiller.projs.double()
+    distiller.matches.projections.double()
     seen = []
     distiller.train(
         torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9),
@@ -511,7 +521,11 @@ def ddp_worker(rank, world_size, port, workdir, results):
     halves = [tuple(t[rank * 2 : (rank + 1) * 2] for t in b) for b in make_batches(4)]
     student, distiller, seen = ddp_distill(rank, world_size, unpadded(halves), workdir)
     torch.save(
-        {"student": student.state_dict(), "proj": distiller.projs.state_dict(), "seen": seen},
+        {
+            "student": student.state_dict(),
+            "proj": distiller.matches.projections.state_dict(),
+            "seen": seen,
+        },
         os.path.join(results, f"rank{rank}.pt"),
     )
     torch.distributed.destroy_process_group()
@@ -527,7 +541,7 @@ def test_two_gloo_processes_train_a_multi_teacher_run_like_one_with_double_batch
         saved = torch.load(results / f"rank{rank}.pt")
         for key, value in student.state_dict().items():
             torch.testing.assert_close(saved["student"][key], value, rtol=0, atol=1e-6)
-        for key, value in distiller.projs.state_dict().items():
+        for key, value in distiller.matches.projections.state_dict().items():
             torch.testing.assert_close(saved["proj"][key], value, rtol=0, atol=1e-6)
         assert saved["seen"] == [("DistributedDataParallel", 2), ("DistributedDataParallel", 4)]
 
@@ -620,7 +634,7 @@ def test_caching_is_ignored_with_a_warning_when_there_are_matches(tmp_path, capl
     with caplog.at_level("WARNING", logger="textbrewer"):
         distiller = multi_teacher(tmp_path, teachers, student, config)
     assert "ignores is_caching_logits=True when there are intermediate" in caplog.text
-    distiller.projs.double()
+    distiller.matches.projections.double()
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(2), 1)
     assert checkpoint_steps(tmp_path / "out") == [2]
 

@@ -96,7 +96,7 @@ def test_general_distiller_matches_hand_loop_with_projection_and_weight_schedule
     distiller = textbrewer.GeneralDistiller(
         training_config(tmp_path), config, teacher, student, simple_adaptor, simple_adaptor
     )
-    distiller.projs.double()
+    distiller.matches.projections.double()
     projection = copy.deepcopy(distiller.projs[0])
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
     distiller.train(optimizer, None, batches, num_epochs=2)

@@ -55,7 +55,7 @@ def run(tmp_path, name, mode, resume_from=None):
         simple_adaptor,
         simple_adaptor,
     )
-    distiller.projs.double()
+    distiller.matches.projections.double()
     optimizer = torch.optim.AdamW(student.parameters(), lr=0.01)
     steps = []
     torch.manual_seed(1)
@@ -84,7 +84,10 @@ def test_resume_from_any_checkpoint_gives_identical_weights(tmp_path, mode):
         assert later == [s for s in written if s > step]
         for key, value in reference.state_dict().items():
             assert torch.equal(resumed.state_dict()[key], value), (step, key)
-        for a, b in zip(reference_distiller.projs.parameters(), distiller.projs.parameters()):
+        for a, b in zip(
+            reference_distiller.matches.projections.parameters(),
+            distiller.matches.projections.parameters(),
+        ):
             assert torch.equal(a, b)
         final = f"gs{written[-1]}.pkl"
         original = torch.load(tmp_path / "full" / "out" / final)

@@ -17,6 +17,7 @@ from textbrewer.training.call_errors import add_note, describe_value, is_signatu
 logger = logging.getLogger(__name__)
 
 _LIST_KEYS = ("logits", "logits_mask", "labels", "losses", sparse_kd.TOPK_INDICES_KEY)
+_NONE_MEANS_ABSENT = ("labels", "logits_mask", "inputs_mask")
 
 
 class AdaptorResult(TypedDict, total=False):
@@ -121,6 +122,8 @@ def get_outputs_from_batch(
         models returned them.
     """
     args = args or {}
+    if device == "auto":  # a 0.2.x subclass passes self.t_config.device, which may say 'auto'
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if batch is None:
         raise TypeError(
             "the micro-batch is None: the data source (e.g. its collate_fn) or the "
@@ -270,7 +273,14 @@ class AdaptorChecker:
                 f"{who} must return a dict with keys among {presets.ADAPTOR_KEYS}, "
                 f"got {type(result).__name__}"
             )
-        normalised = dict(result)
+        # `labels`, `logits_mask` or `inputs_mask` set to None mean "none": TextBrewer 0.2.x
+        # trained on such results (e.g. labels=None without probability_shift). A None where
+        # something is computed from it (`logits`, `losses`, features) stays an error below.
+        normalised = {
+            key: value
+            for key, value in result.items()
+            if value is not None or key not in _NONE_MEANS_ABSENT
+        }
         for key in _LIST_KEYS:
             value = normalised.get(key)
             if isinstance(value, torch.Tensor):  # the usual single tensor, without a call

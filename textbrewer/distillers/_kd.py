@@ -80,6 +80,28 @@ def check_lengths(results_S: AdaptorResult, results_T: AdaptorResult) -> None:
         )
 
 
+def check_logits_sides(
+    results_S: AdaptorResult, results_T: list[AdaptorResult], names_T: list[str]
+) -> None:
+    """Raises a ``ValueError`` when some adaptors return ``logits`` and others do not.
+
+    KD needs the logits of both sides; an adaptor that forgets them on one side would otherwise
+    silently train without KD. TextBrewer 0.2.x raised here too. Leaving ``logits`` out of every
+    adaptor (e.g. a stage that trains on intermediate features only) skips KD.
+    """
+    sides = {"adaptor_S": "logits" in results_S}
+    sides.update((name, "logits" in result) for name, result in zip(names_T, results_T))
+    if len(set(sides.values())) < 2:
+        return
+    with_logits = [name for name, has in sides.items() if has]
+    without = [name for name, has in sides.items() if not has]
+    raise ValueError(
+        f"{', '.join(with_logits)} returned 'logits' but {', '.join(without)} did not, so the "
+        "KD loss cannot be computed: return 'logits' from every adaptor for KD, or from none "
+        "to train without it"
+    )
+
+
 class KDLoss:
     """Computes ``sum_i KD(logits_S[i], logits_T[i], T_i)`` the way the SPEC orders it.
 
@@ -436,8 +458,16 @@ class DistillationTerms:
         self.kd_loss_weight = state["kd_loss_weight"]
         self.hard_label_weight = state["hard_label_weight"]
 
-    def parts(self, results_S: AdaptorResult, results_T: AdaptorResult) -> list[_Part]:
-        """``(name, unweighted loss, weight)`` for the KD and hard-label terms that apply."""
+    def parts(
+        self, results_S: AdaptorResult, results_T: AdaptorResult, check_sides: bool = True
+    ) -> list[_Part]:
+        """``(name, unweighted loss, weight)`` for the KD and hard-label terms that apply.
+
+        With ``check_sides``, logits from only one of the two adaptors raise (see
+        ``check_logits_sides``); ``combined_kd_parts`` checks its teachers itself.
+        """
+        if check_sides:
+            check_logits_sides(results_S, [results_T], ["adaptor_T"])
         parts = []
         if "logits" in results_S and "logits" in results_T:
             check_lengths(results_S, results_T)

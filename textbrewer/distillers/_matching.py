@@ -23,6 +23,13 @@ from textbrewer.distillers._adaptor_checks import (
 )
 from textbrewer.distillers._batches import AdaptorResult
 from textbrewer.distillers._kd import LossParts, combine_parts, to_float32
+from textbrewer.distillers._subclass_projections import (
+    assigned_match_projections,
+    projection_groups,
+    set_match_groups,
+    sync_assigned_projections,
+    use_match_projections,
+)
 from textbrewer.matches import IntermediateMatch
 
 
@@ -123,6 +130,7 @@ class MatchComputer:
                 self.projection_of[index] = len(layers)
                 layers.append(presets.PROJ_MAP[kind](dim_in, dim_out))
                 self.param_options.append(options)
+        self.device = device
         self.projections = ProjectionBank(layers).to(device)
         # The input layer of each projection, whose size and dtype the student's feature must fit.
         self._first_linear = [
@@ -271,9 +279,28 @@ class MatchingHooks:
     matches: MatchComputer
 
     @property
-    def projs(self) -> nn.ModuleList:
-        """The projection layers, one per match with ``proj`` (in match order)."""
-        return self.matches.projections.layers
+    def projs(self) -> list[nn.Module | None]:
+        """The projections in match order, ``None`` where a match has none (0.2.x's ``projs``).
+
+        A subclass may assign its own list (and ``projs_group``): see ``_protocol``.
+        """
+        return assigned_match_projections(self)
+
+    @projs.setter
+    def projs(self, value: Any) -> None:
+        groups = self.__dict__.get("_assigned_groups")
+        projs = use_match_projections(self.matches, value, groups, type(self).__name__)
+        self.__dict__["_assigned_projs"] = projs
+
+    @property
+    def projs_group(self) -> list[dict[str, Any]]:
+        """The optimizer options of each projection in ``projs`` order (``{}`` for ``None``)."""
+        return projection_groups(self.matches)
+
+    @projs_group.setter
+    def projs_group(self, value: Any) -> None:
+        set_match_groups(self.matches, value, type(self).__name__)
+        self.__dict__["_assigned_groups"] = value
 
     def compute_loss(
         self, results_S: AdaptorResult, results_T: AdaptorResult
@@ -285,6 +312,7 @@ class MatchingHooks:
 
     def extra_param_groups(self) -> list[dict[str, Any]]:
         """One param group per projection, with the options of its ``proj[3]``."""
+        sync_assigned_projections(self)  # a subclass's lists may have changed in place
         return self.matches.param_groups()
 
     def extra_modules(self) -> list[nn.Module]:

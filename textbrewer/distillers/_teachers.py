@@ -17,7 +17,12 @@ from torch import nn
 
 from textbrewer import sparse_kd
 from textbrewer.distillers._batches import AdaptorResult
-from textbrewer.distillers._kd import DistillationTerms, check_lengths, to_float32
+from textbrewer.distillers._kd import (
+    DistillationTerms,
+    check_lengths,
+    check_logits_sides,
+    to_float32,
+)
 
 MEAN_LOGITS = "mean_logits"
 MEAN_LOSSES = "mean_losses"
@@ -124,14 +129,17 @@ def combined_kd_parts(
     ``terms``' KD loss against each teacher and averages those (the part is still
     ``unweighted_kd_loss``, weighted by ``kd_loss_weight``), then adds the hard-label term.
     """
+    check_logits_sides(
+        results_S, list(results_T), [f"adaptor_T[{i}]" for i in range(len(results_T))]
+    )
     if combination.mode == MEAN_LOGITS:
-        return terms.parts(results_S, combination.averaged_logits(results_T))
+        return terms.parts(results_S, combination.averaged_logits(results_T), check_sides=False)
     parts = []
     if "logits" in results_S:
         kd = combination.mean_of_losses(lambda one: _kd_of(terms, results_S, one), results_T)
         if kd is not None:
             parts.append(("unweighted_kd_loss", kd, terms.kd_loss_weight))
-    return parts + terms.parts(results_S, {})  # the hard-label term alone
+    return parts + terms.parts(results_S, {}, check_sides=False)  # the hard-label term alone
 
 
 def _kd_of(

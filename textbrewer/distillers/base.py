@@ -32,6 +32,7 @@ from textbrewer.distillers._batches import (
 )
 from textbrewer.distillers._first_batch_checks import first_batch_checks
 from textbrewer.distillers._kd import LossParts
+from textbrewer.distillers._protocol import batch_result
 from textbrewer.training import checkpoint as ckpt
 from textbrewer.training import faults
 from textbrewer.training.arguments import (
@@ -353,7 +354,8 @@ class AbstractDistiller:
         log.flush(engine)
 
     def _forward_backward(self, batch: Any, args: dict[str, Any]) -> tuple[torch.Tensor, LossParts]:
-        total, parts = self.train_on_batch(batch, args)
+        # A 0.2.x subclass's train_on_batch may return the loss alone.
+        total, parts = batch_result(self.train_on_batch(batch, args), type(self).__name__)
         self._engine.backward(total)
         return total, parts
 
@@ -366,7 +368,7 @@ class AbstractDistiller:
         optimizer.zero_grad()
         progress.global_step += 1
         for schedule in self.schedules():
-            schedule.update(progress.global_step / session.plan.total_steps)
+            schedule.update(progress.global_step / session.plan.schedule_steps)
         if session.log.progress is not None:
             session.log.progress.update(1)
         if progress.global_step % self.t_config.log_every_n_steps == 0:

@@ -23,6 +23,8 @@ from textbrewer.distillers._kd import (
     UsesDistillationTerms,
     combine_parts,
 )
+from textbrewer.distillers._protocol import DistillerAttributes
+from textbrewer.distillers._subclass_projections import OwnProjections
 from textbrewer.distillers.base import AbstractDistiller, _check_module, _checked_adaptor
 from textbrewer.training.arguments import TrainCall
 from textbrewer.training.plans import CachedPasses, Plan
@@ -38,7 +40,7 @@ class _CachedBatch:
     logits_T: list[list[torch.Tensor]]
 
 
-class BasicDistiller(UsesDistillationTerms, AbstractDistiller):
+class BasicDistiller(DistillerAttributes, OwnProjections, UsesDistillationTerms, AbstractDistiller):
     """Distils a teacher's logits into a student: ``kd_loss_weight * KD + hard_label_weight * HL``.
 
     Args:

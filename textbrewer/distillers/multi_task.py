@@ -18,6 +18,7 @@ from textbrewer.distillers._kd import (
     combine_parts,
 )
 from textbrewer.distillers._matching import MatchComputer, MatchingHooks
+from textbrewer.distillers._protocol import DistillerAttributes
 from textbrewer.distillers._teachers import (
     MEAN_LOGITS,
     TeacherCombination,
@@ -31,7 +32,9 @@ from textbrewer.training.plans import StepPlan, TaskBatch, TaskSampler
 logger = logging.getLogger(__name__)
 
 
-class MultiTaskDistiller(MatchingHooks, UsesDistillationTerms, AbstractDistiller):
+class MultiTaskDistiller(
+    MatchingHooks, DistillerAttributes, UsesDistillationTerms, AbstractDistiller
+):
     """Distils several single-task teachers into one student, sampling a task per micro-batch.
 
     Training is by steps only. Before each micro-batch one task is drawn with

@@ -82,6 +82,8 @@ class MultiTeacherDistiller(MatchingHooks, BasicDistiller):
         teacher_weights: Sequence[float] | None = None,
         combine_teachers: str = MEAN_LOGITS,
     ) -> None:
+        if isinstance(model_T, nn.ModuleList):  # iterated by 0.2.x like a list
+            model_T = list(model_T)
         if isinstance(model_T, nn.Module) or not isinstance(model_T, (list, tuple)) or not model_T:
             raise TypeError("`model_T` must be a non-empty list of teacher nn.Modules")
         for index, teacher in enumerate(model_T):

@@ -10,10 +10,11 @@ from torch import nn
 from textbrewer.configurations import TrainingConfig
 from textbrewer.distillers._batches import AdaptorResult, Route
 from textbrewer.distillers._kd import LossParts, sum_of_means
+from textbrewer.distillers._subclass_projections import OwnProjections
 from textbrewer.distillers.base import AbstractDistiller, _checked_adaptor
 
 
-class BasicTrainer(AbstractDistiller):
+class BasicTrainer(OwnProjections, AbstractDistiller):
     """Trains ``model`` on the losses its adaptor returns (e.g. to train a teacher).
 
     The loss is ``sum(loss.mean() for loss in adaptor(batch, outputs)['losses'])``. ``train()`` is

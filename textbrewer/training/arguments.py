@@ -13,9 +13,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import numbers
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
+
+from textbrewer._compat import warn_user
+from textbrewer._validation import plain_number
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +89,8 @@ class TrainCall:
     scheduler: Any = None
     scheduler_class: Callable[..., Any] | None = None
     scheduler_args: dict | None = None
-    num_epochs: int | None = None
-    num_steps: int | None = None
+    num_epochs: float | None = None
+    num_steps: float | None = None
     callback: Callable[..., Any] | None = None
     batch_postprocessor: Any = None
     max_grad_norm: float = -1.0
@@ -138,14 +142,18 @@ def parse_train_call(
 
 
 def _check(call: TrainCall) -> None:
-    if not isinstance(call.optimizer, torch.optim.Optimizer):
+    if not _is_optimizer(call.optimizer):
         raise TypeError(
-            f"`optimizer`={call.optimizer!r} must be a torch.optim.Optimizer "
-            "(built over the student's parameters)"
+            f"`optimizer`={call.optimizer!r} must be a torch.optim.Optimizer, or an object that "
+            "works like one (step, zero_grad, param_groups, add_param_group), built over the "
+            "student's parameters"
         )
     _check_lengths(call)
-    _check_optional_int("num_epochs", call.num_epochs)
-    _check_optional_int("num_steps", call.num_steps)
+    call.num_epochs = _checked_length("num_epochs", call.num_epochs)
+    call.num_steps = _checked_length("num_steps", call.num_steps)
+    if call.max_grad_norm is None:  # "no clipping", like any value <= 0
+        call.max_grad_norm = -1.0
+    call.max_grad_norm = plain_number(call.max_grad_norm)
     if isinstance(call.max_grad_norm, bool) or not isinstance(call.max_grad_norm, numbers.Real):
         raise TypeError(f"`max_grad_norm`={call.max_grad_norm!r} must be a number (<= 0: no clip)")
     if call.callback is not None and not callable(call.callback):
@@ -158,7 +166,7 @@ def _check(call: TrainCall) -> None:
             f"`scheduler_class`={call.scheduler_class!r} must be callable as "
             f"scheduler_class(optimizer=..., **scheduler_args){built}"
         )
-    if call.scheduler_args is not None and not isinstance(call.scheduler_args, dict):
+    if call.scheduler_args is not None and not isinstance(call.scheduler_args, Mapping):
         raise TypeError(f"`scheduler_args`={call.scheduler_args!r} must be a dict of keywords")
     # A class or factory function in this slot gets its own message (call_checks).
     if (
@@ -169,6 +177,17 @@ def _check(call: TrainCall) -> None:
         raise TypeError(f"`scheduler`={call.scheduler!r} must be an LR scheduler (with .step())")
     if isinstance(call.tau, bool) or not isinstance(call.tau, numbers.Real):
         raise TypeError(f"`tau`={call.tau!r} must be a number")
+
+
+def _is_optimizer(value: Any) -> bool:
+    # TextBrewer 0.2.x only called these; optimizers from other libraries that are not
+    # torch.optim.Optimizer subclasses but behave like one keep working.
+    if isinstance(value, torch.optim.Optimizer):
+        return True
+    needed = ("step", "zero_grad", "add_param_group")
+    return all(callable(getattr(value, name, None)) for name in needed) and hasattr(
+        value, "param_groups"
+    )
 
 
 def _check_lengths(call: TrainCall) -> None:
@@ -187,13 +206,35 @@ def _check_lengths(call: TrainCall) -> None:
         call.num_epochs = None
 
 
-def _check_optional_int(name: str, value: Any) -> None:
+def _checked_length(name: str, value: Any) -> Any:
+    """``num_epochs``/``num_steps``: a number > 0; an integral float becomes an int.
+
+    TextBrewer 0.2.x scripts read these with argparse ``type=float`` and 0.2.x used them in
+    ``range(int(...))`` and in arithmetic, so floats are accepted. A non-integral float keeps its
+    value (the weight schedules see it, SPEC §4) and is warned about.
+    """
     if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}`={value!r} must be an int")
-    if value < 1:
-        raise ValueError(f"`{name}`={value!r} must be >= 1")
+        return None
+    value = plain_number(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}`={value!r} must be a number (an int, or a float such as 2.0)")
+    if not value > 0:
+        raise ValueError(f"`{name}`={value!r} must be > 0")
+    if value == int(value):
+        return int(value)
+    unit = "epochs" if name == "num_epochs" else "optimizer steps"
+    what = (
+        "the weight schedules count steps_per_epoch * num_epochs steps, and no epoch counts as "
+        "the last one for ckpt_epoch_frequency"
+        if name == "num_epochs"
+        else "the weight schedules count num_steps steps, and no final checkpoint is saved "
+        "unless a multiple of ckpt_steps falls on the last step"
+    )
+    warn_user(
+        f"`{name}`={value!r} is not a whole number: as TextBrewer 0.2.x did, training runs "
+        f"int({name})={int(value)} {unit}; {what}"
+    )
+    return value
 
 
 def check_postprocessors(value: Any, tasks: list[str] | None = None) -> None:

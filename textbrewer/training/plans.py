@@ -10,6 +10,7 @@ so a resumed run continues with exactly the batches an uninterrupted run would h
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from collections.abc import Iterator
 from typing import Any, Callable, Optional, Protocol
@@ -17,6 +18,8 @@ from typing import Any, Callable, Optional, Protocol
 import numpy as np
 
 from textbrewer.training.checkpoint import capture_rng_state, restore_rng_state
+
+logger = logging.getLogger(__name__)
 
 _Postprocessor = Optional[Callable[[Any], Any]]
 
@@ -35,12 +38,16 @@ class Plan(Protocol):
     """What the loop asks of a plan (``EpochPlan``, ``StepPlan``).
 
     Attributes:
-        total_steps: optimizer steps the run is planned for (the weight schedules' denominator).
-        num_epochs: passes over the data in epoch mode, ``None`` in step mode.
+        total_steps: optimizer steps the run takes (an int).
+        schedule_steps: the weight schedules' denominator, ``steps_per_epoch * num_epochs`` or
+            ``num_steps`` with the value as given: a float ``num_epochs``/``num_steps`` keeps
+            its fraction here, as in TextBrewer 0.2.x (equal to ``total_steps`` when integral).
+        num_epochs: whole passes over the data in epoch mode, ``None`` in step mode.
     """
 
-    total_steps: float
-    num_epochs: float | None
+    total_steps: int
+    schedule_steps: float
+    num_epochs: int | None
 
     def micro_batches(self) -> Iterator[MicroBatch]:
         """Yields the remaining micro-batches, lazily."""
@@ -207,7 +214,9 @@ class EpochPlan:
 
     Args:
         source: a ``LoaderPasses`` or ``CachedPasses``.
-        num_epochs: passes over the data.
+        num_epochs: passes over the data; a float runs ``int(num_epochs)`` epochs while the
+            weight schedules count ``steps_per_epoch * num_epochs`` steps and the last-epoch
+            test is ``epoch + 1 == num_epochs`` (TextBrewer 0.2.x with argparse ``type=float``).
         batches_per_epoch: micro-batches in one pass.
         gradient_accumulation_steps: micro-batches per optimizer step.
         ckpt_frequency: checkpoints per epoch.
@@ -220,7 +229,7 @@ class EpochPlan:
     def __init__(
         self,
         source: LoaderPasses | CachedPasses,
-        num_epochs: int,
+        num_epochs: float,
         batches_per_epoch: int,
         gradient_accumulation_steps: int,
         ckpt_frequency: int,
@@ -228,7 +237,8 @@ class EpochPlan:
         postprocess: _Postprocessor = None,
     ) -> None:
         self.source = source
-        self.num_epochs = num_epochs
+        self.given_epochs = num_epochs
+        self.num_epochs = int(num_epochs)
         self.accumulation = gradient_accumulation_steps
         self.steps_per_epoch = batches_per_epoch // gradient_accumulation_steps
         if self.steps_per_epoch == 0:
@@ -237,7 +247,8 @@ class EpochPlan:
                 f"`gradient_accumulation_steps`={gradient_accumulation_steps}: no optimizer step "
                 "could ever be taken"
             )
-        self.total_steps = self.steps_per_epoch * num_epochs
+        self.total_steps = self.steps_per_epoch * self.num_epochs
+        self.schedule_steps = self.steps_per_epoch * num_epochs
         self.offsets = {
             int(self.steps_per_epoch * i / ckpt_frequency) for i in range(ckpt_frequency)
         }
@@ -264,9 +275,17 @@ class EpochPlan:
 
     def is_checkpoint(self, global_step: int) -> bool:
         """Checkpoint at the epoch offsets, in every ``ckpt_epoch_frequency``-th and last epoch."""
-        epoch_number = self.epoch + 1
-        due_epoch = epoch_number % self.ckpt_epoch_frequency == 0 or epoch_number == self.num_epochs
-        return due_epoch and global_step % self.steps_per_epoch in self.offsets
+        return self.checkpoints_in_epoch(self.epoch + 1) and (
+            global_step % self.steps_per_epoch in self.offsets
+        )
+
+    def checkpoints_in_epoch(self, epoch_number: int) -> bool:
+        """Whether epoch ``epoch_number`` (1-based) is a multiple of the frequency, or the last.
+
+        "The last" compares with ``num_epochs`` as given, so with a non-integral float no epoch
+        is the last one (TextBrewer 0.2.x).
+        """
+        return epoch_number % self.ckpt_epoch_frequency == 0 or epoch_number == self.given_epochs
 
     def is_done(self, global_step: int) -> bool:
         """Epoch mode ends when the data does (the last epoch's leftovers still run)."""
@@ -293,8 +312,10 @@ class StepPlan:
     Args:
         next_batch: returns the next (post-processed) micro-batch, forever.
         state_owner: the object whose ``state_dict``/``load_state_dict`` hold the position.
-        num_steps: optimizer steps to train for.
-        ckpt_steps: checkpoint interval in optimizer steps.
+        num_steps: optimizer steps to train for; a float trains ``int(num_steps)`` steps, saves
+            a final checkpoint only when ``global_step == num_steps`` and is the weight
+            schedules' denominator as given (TextBrewer 0.2.x).
+        ckpt_steps: checkpoint interval in optimizer steps (``int(ckpt_steps)``).
         gradient_accumulation_steps: micro-batches per optimizer step.
     """
 
@@ -305,14 +326,16 @@ class StepPlan:
         self,
         next_batch: Callable[[], tuple[int, Any]],
         state_owner: Any,
-        num_steps: int,
-        ckpt_steps: int,
+        num_steps: float,
+        ckpt_steps: float,
         gradient_accumulation_steps: int,
     ) -> None:
         self.next_batch = next_batch
         self.state_owner = state_owner
-        self.total_steps = num_steps
-        self.ckpt_steps = ckpt_steps
+        self.given_steps = num_steps
+        self.total_steps = int(num_steps)
+        self.schedule_steps = num_steps
+        self.ckpt_steps = int(ckpt_steps)
         self.accumulation = gradient_accumulation_steps
         self.micro_index = 0
 
@@ -325,7 +348,7 @@ class StepPlan:
 
     def is_checkpoint(self, global_step: int) -> bool:
         """Every ``ckpt_steps`` optimizer steps, and at the last."""
-        return global_step % self.ckpt_steps == 0 or global_step == self.total_steps
+        return global_step % self.ckpt_steps == 0 or global_step == self.given_steps
 
     def is_done(self, global_step: int) -> bool:
         """Whether ``num_steps`` optimizer steps were taken."""
@@ -397,11 +420,18 @@ class TaskSampler:
             for name, data in dataloaders.items()
         }
         self.postprocessors = postprocessors or {}
-        if all(hasattr(data, "__len__") for data in dataloaders.values()):
+        unsized = [name for name in self.names if not hasattr(dataloaders[name], "__len__")]
+        self.weights: list[float] | None = None
+        if not unsized:
             sizes = [len(dataloaders[name]) ** tau for name in self.names]
-            self.weights: list[float] | None = [size / sum(sizes) for size in sizes]
+            self.weights = [size / sum(sizes) for size in sizes]
         else:
-            self.weights = None
+            logger.warning(
+                "`tau`=%r is ignored: dataloaders %s have no __len__, so the tasks are drawn "
+                "uniformly (numpy.random.choice with p=None), as in TextBrewer 0.2.x",
+                tau,
+                unsized,
+            )
 
     def __call__(self) -> tuple[int, TaskBatch]:
         """Draws a task, then returns ``(0, TaskBatch(task, batch))``."""

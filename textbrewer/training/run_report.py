@@ -91,13 +91,12 @@ def planned_checkpoints(plan: Any, after_step: int = 0) -> list[int] | None:
     if mode == "step":
         total, interval = plan.total_steps, plan.ckpt_steps
         steps = list(range(interval, total + 1, interval))
-        if not steps or steps[-1] != total:
+        if plan.is_checkpoint(total) and (not steps or steps[-1] != total):
             steps.append(total)
     elif mode == "epoch":
         per_epoch, steps = plan.steps_per_epoch, []
         for epoch in range(plan.num_epochs):
-            number = epoch + 1
-            if number % plan.ckpt_epoch_frequency and number != plan.num_epochs:
+            if not plan.checkpoints_in_epoch(epoch + 1):
                 continue
             steps += sorted(epoch * per_epoch + (offset or per_epoch) for offset in plan.offsets)
     else:
