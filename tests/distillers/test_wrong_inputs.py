@@ -3,6 +3,7 @@ or in correct training where TextBrewer 0.2.x trained correctly."""
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -406,3 +407,27 @@ def test_a_projection_whose_dim_out_is_not_the_teachers_size(tmp_path):
     assert "proj ['linear', 6, 12] projects to dim_out=12" in message
     assert "the teacher's 'hidden' has size 8 (shape (4, 6, 8))" in message
     assert "set 'proj': ['linear', 6, 8]" in message
+
+
+def test_multi_task_first_batch_checks_run_for_every_task(tmp_path):
+    # Task 'b' cuts its student logits to the first row: only its own first batch can show it.
+    def one_row_adaptor(batch, outputs):
+        results = simple_adaptor(batch, outputs)
+        return {**results, "logits": results["logits"][:1]}
+
+    teacher_a, student = make_models()
+    teacher_b, _ = make_models(seed=3)
+    distiller = textbrewer.MultiTaskDistiller(
+        training_config(tmp_path, ckpt_steps=4),
+        textbrewer.DistillationConfig(),
+        {"a": teacher_a, "b": teacher_b},
+        student,
+        {"a": simple_adaptor, "b": simple_adaptor},
+        {"a": simple_adaptor, "b": one_row_adaptor},
+    )
+    np.random.seed(1)  # tasks are drawn from numpy's global generator: a then b, at the latest
+    with pytest.raises(ValueError, match=r"logits\[0\]: adaptor_S returned shape \(1, "):
+        distiller.train(
+            sgd(student), None, {"a": make_batches(2), "b": make_batches(2)}, num_steps=8
+        )
+    assert distiller._first_batch_checked == {"adaptor_S['a']"}

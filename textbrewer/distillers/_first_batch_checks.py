@@ -92,8 +92,7 @@ def warn_missing_terms(results_S: Mapping[str, Any], hard_label_weight: Any, log
 
 
 def first_batch_checks(distiller: Any, results_S: Mapping[str, Any], results_T: Any) -> None:
-    """The checks a distiller makes once, on its first batch's adaptor results."""
-    distiller._first_batch_checked = True
+    """The checks a distiller makes once per student adaptor (per task), on its first results."""
     terms = getattr(distiller, "terms", None)
     if terms is None or results_T is None:
         return

@@ -101,7 +101,8 @@ class AbstractDistiller:
         self.model_S = model_S.to(self.device)
         self.adaptor_S = adaptor_S
         self._check_result = AdaptorChecker()
-        self._first_batch_checked = False
+        # Student adaptors (one per MultiTask task) whose first results were checked.
+        self._first_batch_checked: set[str] = set()
         self._saved_modes: list[list[bool]] = []
         self._ddp_modules: list[nn.Module] = []
         self._wrappers: dict[int, nn.Module] = {}
@@ -196,8 +197,9 @@ class AbstractDistiller:
             results_T = cached_logits_results(route.cached_logits, results_S, self.device)
         if results_T is not None and not route.several:
             results_T = results_T[0]
-        if not self._first_batch_checked and self.d_config is not None:
+        if route.name_S not in self._first_batch_checked and self.d_config is not None:
             first_batch_checks(self, results_S, results_T)
+            self._first_batch_checked.add(route.name_S)
         return results_S, results_T
 
     def _forwards(self, route: Route, args: dict[str, Any]) -> tuple[tuple[Any, Any], ...]:
