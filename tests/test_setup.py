@@ -55,4 +55,5 @@ def test_the_wheel_ships_py_typed_and_requires_torch_2_3(tmp_path):
         ]
     assert "textbrewer/py.typed" in names
     assert "textbrewer/training/engine.py" in names
+    assert "textbrewer/teacher_cache/precompute.py" in names  # subpackages ship too
     assert sorted(requires) == ["numpy", "tensorboardX", "torch>=2.3", "tqdm"]

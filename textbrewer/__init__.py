@@ -39,6 +39,8 @@ from textbrewer.presets import (
     WEIGHT_SCHEDULER,
     register_new,
 )
+from textbrewer.training.checkpoint import CorruptStateError
+from textbrewer.training.faults import NonFiniteWeightsError
 from textbrewer.training.loss_log import NonFiniteLossError
 from textbrewer.training.run_report import TrainResult
 
@@ -62,12 +64,14 @@ __all__ = [
     "BasicDistiller",
     "BasicTrainer",
     "ConfigError",
+    "CorruptStateError",
     "DistillationConfig",
     "Distillers",
     "GeneralDistiller",
     "MultiTaskDistiller",
     "MultiTeacherDistiller",
     "NonFiniteLossError",
+    "NonFiniteWeightsError",
     "TrainResult",
     "TrainingConfig",
     "__version__",

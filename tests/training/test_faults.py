@@ -388,3 +388,15 @@ def test_a_fresh_run_into_a_directory_with_checkpoints_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="textbrewer"):
         train(distiller, sgd(student), num_steps=6, resume_from="auto")
     assert "already holds" not in caplog.text
+
+
+def test_the_errors_a_run_raises_are_top_level_names():
+    # Users catch them around train(): `except textbrewer.NonFiniteWeightsError`.
+    from textbrewer.training.checkpoint import CorruptStateError
+    from textbrewer.training.faults import NonFiniteWeightsError
+
+    assert textbrewer.NonFiniteWeightsError is NonFiniteWeightsError
+    assert textbrewer.CorruptStateError is CorruptStateError
+    assert {"NonFiniteWeightsError", "CorruptStateError", "NonFiniteLossError"} <= set(
+        textbrewer.__all__
+    )
