@@ -64,6 +64,17 @@ def make_batches(count, batch_size=4, seed=0, dtype_mask=torch.long):
     return batches
 
 
+# Teacher layer 3 into student layer 2 through a learned projection (student width 6, teacher 8).
+PROJECTED_HIDDEN_MATCH = {
+    "layer_T": 3,
+    "layer_S": 2,
+    "feature": "hidden",
+    "loss": "hidden_mse",
+    "weight": 1,
+    "proj": ["linear", 6, 8],
+}
+
+
 def simple_adaptor(batch, outputs):
     logits, hidden, attentions, loss = outputs
     return {

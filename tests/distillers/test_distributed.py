@@ -8,19 +8,11 @@ import torch
 import torch.multiprocessing as mp
 
 import textbrewer
+from tests.conftest import PROJECTED_HIDDEN_MATCH as MATCH
 from tests.conftest import make_batches, make_models, simple_adaptor, training_config
 from textbrewer.training.plans import LoaderPasses
 
 pytestmark = pytest.mark.slow
-
-MATCH = {
-    "layer_T": 3,
-    "layer_S": 2,
-    "feature": "hidden",
-    "loss": "hidden_mse",
-    "weight": 1,
-    "proj": ["linear", 6, 8],
-}
 
 
 def free_port():

@@ -18,17 +18,9 @@ from pathlib import Path
 import torch
 
 import textbrewer
+from tests.conftest import PROJECTED_HIDDEN_MATCH as MATCH
 from tests.conftest import make_batches, make_models, simple_adaptor
 from textbrewer.training import checkpoint
-
-MATCH = {
-    "layer_T": 3,
-    "layer_S": 2,
-    "feature": "hidden",
-    "loss": "hidden_mse",
-    "weight": 1,
-    "proj": ["linear", 6, 8],
-}
 
 
 def full_batches():
