@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from textbrewer import DistillationConfig, losses, presets, schedulers
+from textbrewer import DistillationConfig, _loss_chunks, losses, presets, schedulers
 from textbrewer._validation import ConfigError
 from textbrewer.distillers._kd import DistillationTerms, select_rows
 
@@ -38,11 +38,11 @@ KD_LOSSES = ["ce", "kl", "reverse_kl", "mse", "jsd", "bce"]
 def path(request, monkeypatch):
     """Both implementations: the plain formula (small inputs) and the chunked one (forced)."""
     if request.param == "chunked":
-        monkeypatch.setattr(losses, "_PLAIN_MAX_ELEMENTS", 0)
-        monkeypatch.setattr(losses, "_PLAIN_MAX_SQUARES", 0)
-        monkeypatch.setattr(losses, "_PLAIN_MAX_ATTENTION", 0)
-        monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 3 * 7)  # 3 rows of 7 classes a chunk
-        monkeypatch.setattr(losses, "_MIN_CHUNK_ELEMENTS", 3 * 7)
+        monkeypatch.setattr(_loss_chunks, "_PLAIN_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(_loss_chunks, "_PLAIN_MAX_SQUARES", 0)
+        monkeypatch.setattr(_loss_chunks, "_PLAIN_MAX_ATTENTION", 0)
+        monkeypatch.setattr(_loss_chunks, "_CHUNK_ELEMENTS", 3 * 7)  # 3 rows of 7 classes a chunk
+        monkeypatch.setattr(_loss_chunks, "_MIN_CHUNK_ELEMENTS", 3 * 7)
     return request.param
 
 
@@ -439,8 +439,8 @@ def test_bf16_kd_step_peaks_below_one_and_a_half_float32_logits(kind, path, monk
     from torch.profiler import ProfilerActivity, profile
 
     profiled_peak = load_benchmark().profiled_peak
-    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 32 * 1000)  # 1/32 of the logits a chunk
-    monkeypatch.setattr(losses, "_MIN_CHUNK_ELEMENTS", 32 * 1000)
+    monkeypatch.setattr(_loss_chunks, "_CHUNK_ELEMENTS", 32 * 1000)  # 1/32 of the logits a chunk
+    monkeypatch.setattr(_loss_chunks, "_MIN_CHUNK_ELEMENTS", 32 * 1000)
     monkeypatch.setattr(schedulers, "_CHUNK_ELEMENTS", 32 * 1000)
     g = torch.Generator().manual_seed(31)
     S = torch.randn(4, 256, 1000, generator=g).bfloat16().requires_grad_()
@@ -474,8 +474,8 @@ def test_bf16_feature_losses_peak_below_one_and_a_half_float32_inputs(
 
     profiled_peak = load_benchmark().profiled_peak
     chunk = math.prod(shape) // 32
-    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk)
-    monkeypatch.setattr(losses, "_MIN_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(_loss_chunks, "_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(_loss_chunks, "_MIN_CHUNK_ELEMENTS", chunk)
     g = torch.Generator().manual_seed(32)
     S = torch.randn(*shape, generator=g).bfloat16().requires_grad_()
     T = torch.randn(*shape, generator=g).bfloat16()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from textbrewer import losses
+from textbrewer import _loss_chunks
 from textbrewer.losses import (
     att_ce_loss,
     att_ce_mean_loss,
@@ -33,9 +33,9 @@ def path(request, monkeypatch):
     for small inputs, and the memory-saving functions they choose for large ones (forced here
     by thresholds of 0)."""
     if request.param == "memory":
-        monkeypatch.setattr(losses, "_PLAIN_MAX_ELEMENTS", 0)
-        monkeypatch.setattr(losses, "_PLAIN_MAX_SQUARES", 0)
-        monkeypatch.setattr(losses, "_PLAIN_MAX_ATTENTION", 0)
+        monkeypatch.setattr(_loss_chunks, "_PLAIN_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(_loss_chunks, "_PLAIN_MAX_SQUARES", 0)
+        monkeypatch.setattr(_loss_chunks, "_PLAIN_MAX_ATTENTION", 0)
     return request.param
 
 
@@ -547,10 +547,10 @@ CHUNKED = KD[:3]
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 7 rows of 50 classes, so 33 rows make 5 chunks, the last one of 5 rows."""
-    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 7 * 50)
-    monkeypatch.setattr(losses, "_MIN_CHUNK_ELEMENTS", 7 * 50)
-    monkeypatch.setattr(losses, "_PLAIN_MAX_ELEMENTS", 0)  # the chunked path at any size
-    bounds = losses._chunk_bounds(torch.empty(33, 50))
+    monkeypatch.setattr(_loss_chunks, "_CHUNK_ELEMENTS", 7 * 50)
+    monkeypatch.setattr(_loss_chunks, "_MIN_CHUNK_ELEMENTS", 7 * 50)
+    monkeypatch.setattr(_loss_chunks, "_PLAIN_MAX_ELEMENTS", 0)  # the chunked path at any size
+    bounds = _loss_chunks._chunk_bounds(torch.empty(33, 50))
     assert bounds[-1] == (28, 33)
     assert len(bounds) == 5
 
@@ -586,11 +586,11 @@ def test_chunked_divergence_is_exact_in_float64(small_chunks, loss, kind):
 
 def test_chunked_attention_ce_equals_reference(monkeypatch):
     # 40 elements a chunk: one batch item (75 scores) a chunk with a mask, 8 rows of 5 without.
-    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 40)
-    monkeypatch.setattr(losses, "_MIN_CHUNK_ELEMENTS", 40)
+    monkeypatch.setattr(_loss_chunks, "_CHUNK_ELEMENTS", 40)
+    monkeypatch.setattr(_loss_chunks, "_MIN_CHUNK_ELEMENTS", 40)
     S, T = attention_inputs()
-    assert len(losses._chunk_bounds(S)) == B
-    assert len(losses._chunk_bounds(S.reshape(-1, L))) == 4
+    assert len(_loss_chunks._chunk_bounds(S)) == B
+    assert len(_loss_chunks._chunk_bounds(S.reshape(-1, L))) == 4
     for mask in (None, MASK):
         value = att_ce_loss(S, T, mask)
         torch.testing.assert_close(value, ref_att_ce(S, T, mask), rtol=1e-10, atol=0)
