@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from compat_reference import load_script
 
 import textbrewer
+from tests.conftest import leave_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,7 @@ def _worker(rank, port, workdir, results):
          "seen": seen},
         os.path.join(results, f"rank{rank}.pt"),
     )  # fmt: skip
-    torch.distributed.destroy_process_group()
+    leave_process_group()
 
 
 def test_a_subclass_projections_are_wrapped_and_synchronised_under_ddp(tmp_path):

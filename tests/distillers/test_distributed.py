@@ -9,7 +9,13 @@ import torch.multiprocessing as mp
 
 import textbrewer
 from tests.conftest import PROJECTED_HIDDEN_MATCH as MATCH
-from tests.conftest import make_batches, make_models, simple_adaptor, training_config
+from tests.conftest import (
+    leave_process_group,
+    make_batches,
+    make_models,
+    simple_adaptor,
+    training_config,
+)
 from textbrewer.training.plans import LoaderPasses
 
 pytestmark = pytest.mark.slow
@@ -68,7 +74,7 @@ def worker(rank, world_size, port, workdir, results):
         },
         os.path.join(results, f"rank{rank}.pt"),
     )
-    torch.distributed.destroy_process_group()
+    leave_process_group()
 
 
 def test_two_gloo_processes_match_one_process_with_double_batch(tmp_path):

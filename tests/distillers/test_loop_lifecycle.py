@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 import textbrewer
 from tests.conftest import (
     checkpoint_steps,
+    leave_process_group,
     make_batches,
     make_models,
     simple_adaptor,
@@ -393,7 +394,7 @@ def lifecycle_worker(rank, port, workdir, results):
         {"step": result.global_step, "best": result.best_checkpoint, "metrics": result.metrics},
         os.path.join(results, f"rank{rank}.pt"),
     )
-    torch.distributed.destroy_process_group()
+    leave_process_group()
 
 
 @pytest.mark.slow

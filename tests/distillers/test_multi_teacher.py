@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 import textbrewer
 from tests.conftest import (
     checkpoint_steps,
+    leave_process_group,
     make_batches,
     make_models,
     simple_adaptor,
@@ -528,7 +529,7 @@ def ddp_worker(rank, world_size, port, workdir, results):
         },
         os.path.join(results, f"rank{rank}.pt"),
     )
-    torch.distributed.destroy_process_group()
+    leave_process_group()
 
 
 @pytest.mark.slow

@@ -11,7 +11,13 @@ import torch
 import torch.multiprocessing as mp
 
 import textbrewer
-from tests.conftest import make_batches, make_models, simple_adaptor, training_config
+from tests.conftest import (
+    leave_process_group,
+    make_batches,
+    make_models,
+    simple_adaptor,
+    training_config,
+)
 from textbrewer.teacher_cache import CachedTeacherDataset, precompute_teacher_outputs
 
 pytestmark = pytest.mark.slow
@@ -87,7 +93,7 @@ def worker(rank, port, workdir, results):
         },
         os.path.join(results, f"rank{rank}.pt"),
     )
-    torch.distributed.destroy_process_group()
+    leave_process_group()
 
 
 def test_two_ranks_precompute_their_share_and_train_from_the_cache_like_the_live_teacher(tmp_path):

@@ -7,8 +7,10 @@ opens autocast, scales the loss, and steps the optimizer.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import gc
 import logging
 import os
 import sys
@@ -99,6 +101,23 @@ def _init_process_group(device: torch.device) -> None:
             "torch.distributed.init_process_group() first"
         )
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist.get_backend() == "gloo":
+        atexit.register(_destroy_at_exit, dist.group.WORLD)
+
+
+def _destroy_at_exit(group: Any) -> None:
+    """Destroys the gloo process group this library initialised, if it is still the default.
+
+    Left to interpreter finalisation, gloo's worker threads can release tensors after Python has
+    begun to shut down, and a run that succeeded then dies with SIGABRT ("terminate called
+    without an active exception") and a failed exit status. A group the user initialised is the
+    user's to destroy; NCCL groups are left to ``destroy_process_group()`` in the script, as
+    torch recommends, because destroying one on a rank whose peers hang could block its exit.
+    """
+    if dist.is_initialized() and dist.group.WORLD is group:
+        gc.collect()  # DDP wrappers caught in reference cycles still hold the group
+        dist.destroy_process_group()
+        logger.debug("destroyed the gloo process group at exit")
 
 
 class Engine:
