@@ -108,6 +108,8 @@ def test_two_ranks_precompute_their_share_and_train_from_the_cache_like_the_live
     initial = make_models()[1].state_dict()
     for saved in ranks:
         for key, value in saved["live"].items():
-            assert torch.equal(saved["cached"][key], value), key
+            # To round-off: the cache's teacher forwards ran on other batches (see
+            # test_teacher_cache_training.assert_same_weights).
+            torch.testing.assert_close(saved["cached"][key], value, rtol=1e-12, atol=1e-14)
             assert torch.equal(ranks[0]["live"][key], value), key
     assert not torch.equal(ranks[0]["cached"]["head.weight"], initial["head.weight"])

@@ -46,8 +46,14 @@ def cached_loader(data, cache, config, **kwargs):
 
 
 def assert_same_weights(trained, reference):
+    """Equal to float64 round-off: the cache's teacher forwards ran on other batches.
+
+    A GEMM over 3 rows and one over 4 may round the same row differently (AVX-512 kernels do), so
+    a cached output can differ from the live one in its last bit; any real difference in what
+    was stored or read is many orders of magnitude larger.
+    """
     for key, value in reference.state_dict().items():
-        assert torch.equal(trained.state_dict()[key], value), key
+        torch.testing.assert_close(trained.state_dict()[key], value, rtol=1e-12, atol=1e-14)
 
 
 def general(tmp_path, name, config, teacher, student, **overrides):
