@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import textbrewer
-from tests.conftest import make_batches, make_models, simple_adaptor, training_config
+from tests.conftest import TinyEncoder, make_batches, make_models, simple_adaptor, training_config
 from textbrewer import losses, sparse_kd
 from textbrewer.teacher_cache import CachedTeacherDataset, precompute_teacher_outputs
 
@@ -158,3 +158,34 @@ def test_kd_between_different_vocabulary_sizes_names_both_sizes(tmp_path):
     )
     with pytest.raises(ValueError, match=r"student's logits have 5 classes .* teacher's 3"):
         distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, make_batches(1), 1)
+
+
+def test_a_topk_cache_with_classes_beyond_the_students_is_refused_on_the_first_batch(tmp_path):
+    torch.manual_seed(0)
+    teacher = TinyEncoder(dim=8, layers=3, classes=7).double()  # a larger label set
+    _, student = make_models()  # 3 classes
+    data = examples()
+    cache = precompute_teacher_outputs(
+        teacher, simple_adaptor, data, tmp_path / "cache", None, topk=2, progress_bar=False
+    )
+    stored = cache.teacher_outputs(range(len(data)))["logits_topk_indices"][0]
+    assert int(stored.max()) >= 3  # the case at hand: some stored class is past the student's
+    dataset = CachedTeacherDataset(data, cache, textbrewer.DistillationConfig())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=dataset.collate())
+    distiller = textbrewer.BasicDistiller(
+        training_config(tmp_path),
+        textbrewer.DistillationConfig(),
+        teacher,
+        student,
+        simple_adaptor,
+        simple_adaptor,
+    )
+    before = copy.deepcopy(student.state_dict())
+    with pytest.raises(
+        ValueError,
+        match=r"logits_topk_indices\[0\] from adaptor_T holds classes \d\.\.[3-6], but the "
+        r"student's logits\[0\] have 3 classes \(0\.\.2\); the top-k teacher cache was made",
+    ):
+        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, loader, 1)
+    for key, value in before.items():  # refused before any step
+        assert torch.equal(student.state_dict()[key], value), key

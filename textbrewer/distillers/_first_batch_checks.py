@@ -2,8 +2,9 @@
 
 Teacher and student logits must agree in shape for the built-in KD losses (a student batch of
 one would otherwise broadcast silently against the teacher's), a softmax KD loss needs a class
-dimension, and a ``hard_label_weight`` without ``losses`` trains no hard-label term. Shapes are
-host values: nothing is read back from the device.
+dimension, a ``hard_label_weight`` without ``losses`` trains no hard-label term, and a top-k
+teacher's stored classes must index the student's logits. Shapes are host values; the top-k
+classes' range is the one read-back, once.
 """
 
 from __future__ import annotations
@@ -78,6 +79,35 @@ def _check_class_dimension(logits: torch.Tensor, index: int, kd_loss: Any) -> No
         )
 
 
+def check_topk_classes(results_S: Mapping[str, Any], results_T: Any) -> None:
+    """A top-k teacher's stored classes must index the student's logits.
+
+    A cache written for a teacher with a larger vocabulary (another tokenizer) would otherwise
+    fail inside ``gather``: an index error on the CPU, a device-side assert that kills the process
+    on CUDA. One read-back, on the first batch only.
+
+    Raises:
+        ValueError: naming the logits pair, the class range found and the student's classes.
+    """
+    teachers = results_T if isinstance(results_T, list) else [results_T]
+    for position, result_T in enumerate(teachers):
+        if not isinstance(result_T, Mapping) or sparse_kd.TOPK_INDICES_KEY not in result_T:
+            continue
+        key = sparse_kd.TOPK_INDICES_KEY
+        who_T = "adaptor_T" if len(teachers) == 1 else f"adaptor_T[{position}]"
+        for index, (student, classes) in enumerate(zip(results_S.get("logits", ()), result_T[key])):
+            if classes.numel() == 0:
+                continue
+            low, high = torch.stack([classes.min(), classes.max()]).tolist()
+            if low < 0 or high >= student.shape[-1]:
+                raise ValueError(
+                    f"{key}[{index}] from {who_T} holds classes {low}..{high}, but the student's "
+                    f"logits[{index}] have {student.shape[-1]} classes (0..{student.shape[-1] - 1})"
+                    "; the top-k teacher cache was made for a teacher with another vocabulary or "
+                    "label set. Precompute it with a teacher whose classes are the student's"
+                )
+
+
 def warn_missing_terms(results_S: Mapping[str, Any], hard_label_weight: Any, log: Any) -> None:
     """Warns once when ``hard_label_weight`` is set but ``adaptor_S`` returns no ``losses``."""
     if "losses" in results_S or not isinstance(hard_label_weight, (int, float)):
@@ -97,4 +127,5 @@ def first_batch_checks(distiller: Any, results_S: Mapping[str, Any], results_T: 
     if terms is None or results_T is None:
         return
     check_logits_pairs(results_S, results_T, terms.kd_loss)
+    check_topk_classes(results_S, results_T)
     warn_missing_terms(results_S, terms.hard_label_weight, logger)
