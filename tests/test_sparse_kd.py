@@ -8,7 +8,7 @@ import torch
 import textbrewer
 from tests.conftest import TinyEncoder, make_batches, make_models, simple_adaptor, training_config
 from textbrewer import losses, sparse_kd
-from textbrewer.teacher_cache import CachedTeacherDataset, precompute_teacher_outputs
+from textbrewer.teacher_cache import CachedTeacherDataset, TeacherCache, precompute_teacher_outputs
 
 
 def logits_pair(rows=5, classes=7, seed=0):
@@ -91,8 +91,8 @@ def examples(count=12):
     return [tuple(t[i] for t in batch) for batch in batches for i in range(4)]
 
 
-def cached_run(tmp_path, config, topk, name, teachers=None, **distiller_options):
-    teacher, student = make_models()
+def cached_run(tmp_path, config, topk, name, teachers=None, models=None, **distiller_options):
+    teacher, student = models or make_models()
     data = examples()
     models_T = teachers or teacher
     cache = precompute_teacher_outputs(
@@ -164,28 +164,14 @@ def test_a_topk_cache_with_classes_beyond_the_students_is_refused_on_the_first_b
     torch.manual_seed(0)
     teacher = TinyEncoder(dim=8, layers=3, classes=7).double()  # a larger label set
     _, student = make_models()  # 3 classes
-    data = examples()
-    cache = precompute_teacher_outputs(
-        teacher, simple_adaptor, data, tmp_path / "cache", None, topk=2, progress_bar=False
-    )
-    stored = cache.teacher_outputs(range(len(data)))["logits_topk_indices"][0]
-    assert int(stored.max()) >= 3  # the case at hand: some stored class is past the student's
-    dataset = CachedTeacherDataset(data, cache, textbrewer.DistillationConfig())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=dataset.collate())
-    distiller = textbrewer.BasicDistiller(
-        training_config(tmp_path),
-        textbrewer.DistillationConfig(),
-        teacher,
-        student,
-        simple_adaptor,
-        simple_adaptor,
-    )
     before = copy.deepcopy(student.state_dict())
     with pytest.raises(
         ValueError,
         match=r"logits_topk_indices\[0\] from adaptor_T holds classes \d\.\.[3-6], but the "
         r"student's logits\[0\] have 3 classes \(0\.\.2\); the top-k teacher cache was made",
     ):
-        distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), None, loader, 1)
+        cached_run(tmp_path, textbrewer.DistillationConfig(), 2, "wide", models=(teacher, student))
+    stored = TeacherCache(tmp_path / "cache-wide").teacher_outputs(range(12))
+    assert int(stored["logits_topk_indices"][0].max()) >= 3  # the case at hand
     for key, value in before.items():  # refused before any step
         assert torch.equal(student.state_dict()[key], value), key
