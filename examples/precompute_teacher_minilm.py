@@ -14,8 +14,8 @@ What it shows:
   epoch with and without the cache, and how close the two students end up. The sentences are
   padded per batch, so a cached example was computed padded with other examples than in the
   live run's batch; its real positions agree up to float round-off at most and the padded ones
-  are masked, so the two students agree to round-off (on CPU they came out bit for bit equal;
-  the tests check bit equality).
+  are masked, so the two students agree to round-off (on CPU they often come out bit for bit
+  equal; see the docs' teacher-cache page for when they cannot).
 
 Measured on a shared 2-core CPU, 1 torch thread, ``python examples/precompute_teacher_minilm.py``
 (1000 sentences, batch 32, 3 epochs, max length 64): see the numbers this prints; on that
