@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pickle
 import random
@@ -75,10 +76,21 @@ def is_stale_temporary(name: str) -> bool:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """The states of Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    """The states of Python's, NumPy's and torch's (CPU and CUDA) global generators.
+
+    Tensors and plain Python values only, so that ``torch.load(weights_only=True)`` reads them
+    on every supported torch without allowing any NumPy global (torch 2.3 cannot allow one).
+    """
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(keys.astype(np.int64)),  # torch's uint32 supports few ops
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -89,10 +101,23 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Restores the generators captured by ``capture_rng_state``."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state(saved: Any) -> Any:
+    # States written before the tensor form hold np.random.get_state()'s tuple itself.
+    if not isinstance(saved, dict):
+        return saved
+    return (
+        saved["name"],
+        saved["keys"].numpy().astype(np.uint32),
+        saved["position"],
+        saved["has_gauss"],
+        saved["cached_gaussian"],
+    )
 
 
 def find_state_file(resume_from: str | os.PathLike) -> Path:
@@ -127,16 +152,23 @@ class CorruptStateError(ValueError):
 
 
 def _numpy_rng_globals() -> list[Any]:
-    # np.random.get_state() holds a uint32 ndarray: these rebuild it, and run no other code.
-    core = getattr(np, "_core", None) or np.core
-    return [np.ndarray, np.dtype, core.multiarray._reconstruct, type(np.dtype(np.uint32))]
+    # States written before the tensor form hold np.random.get_state()'s uint32 ndarray: these
+    # rebuild it, and run no other code (torch >= 2.4 can allow them).
+    # Imported by name: under numpy 1.26, `np._core` can be an attribute (once anything imported
+    # that forward-compatibility package) without its `multiarray` submodule loaded.
+    try:
+        multiarray = importlib.import_module("numpy._core.multiarray")  # numpy >= 2, 1.26's shim
+    except ImportError:
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    return [np.ndarray, np.dtype, multiarray._reconstruct, type(np.dtype(np.uint32))]
 
 
 def load_state_file(path: Path) -> dict[str, Any]:
     """Loads a training-state file onto the CPU, with ``torch.load(weights_only=True)``.
 
-    Only tensors, plain Python containers and numbers, and NumPy's RNG state are accepted, so a
-    state file someone handed you cannot run code when it is loaded. Globals you allow with
+    Only tensors and plain Python containers and numbers are accepted (and, in files written
+    before the RNG states were stored as tensors, NumPy's RNG state), so a state file someone
+    handed you cannot run code when it is loaded. Globals you allow with
     ``torch.serialization.add_safe_globals`` (e.g. a class your ``extra_state()`` saves) are
     accepted too.
 
@@ -148,14 +180,12 @@ def load_state_file(path: Path) -> dict[str, Any]:
         with _safe_globals(_numpy_rng_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        refused = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(error))
+        refused = re.search(
+            r"(?:Unsupported global: |unsupported )GLOBAL (\S+)|Unsupported class (\S+)",
+            str(error),
+        )
         if refused:
-            raise CorruptStateError(
-                f"the training state {str(path)!r} holds a {refused.group(1)} object, which "
-                "loading with weights_only=True refuses (unpickling it could run code). If you "
-                "trust the file, allow the class first: "
-                f"torch.serialization.add_safe_globals([{refused.group(1)}])"
-            ) from error
+            raise _refused(path, refused.group(1) or refused.group(2)) from error
         raise _corrupt(path, error) from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         if isinstance(error, FileNotFoundError):
@@ -217,6 +247,17 @@ def _corrupt(path: Path, error: BaseException) -> CorruptStateError:
     return CorruptStateError(
         f"the training state {str(path)!r} ({size} bytes) is truncated or damaged and cannot be "
         f"read ({type(error).__name__}: {first_line[:200]})"
+    )
+
+
+def _refused(path: Path, name: str) -> CorruptStateError:
+    if hasattr(torch.serialization, "add_safe_globals"):
+        remedy = f"allow the class first: torch.serialization.add_safe_globals([{name}])"
+    else:  # torch 2.3 has no allow-list
+        remedy = "upgrade to torch >= 2.4, which can allow a class with add_safe_globals"
+    return CorruptStateError(
+        f"the training state {str(path)!r} holds a {name} object, which loading with "
+        f"weights_only=True refuses (unpickling it could run code). If you trust the file, {remedy}"
     )
 
 
