@@ -37,6 +37,7 @@ import torch.nn.functional as F
 # Size thresholds are read as attributes of their module at call time (tests and benchmarks patch
 # them there), so this module imports the module itself for them, not the numbers.
 from . import _loss_chunks
+from ._docstrings import with_sections
 from ._loss_chunks import (
     _att_ce,
     _att_mse,
@@ -93,13 +94,33 @@ __all__ = [
 # -------------------------------------------------------------------------------------------------
 
 
+_kd_sections = with_sections(
+    args="""\
+logits_S: student logits, (batch, classes) or (batch, length, classes).
+logits_T: teacher logits, same shape.
+temperature: a number, a 0-dim tensor, or one temperature per row, shape
+    ``logits_S.shape[:-1]``.
+logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
+    where it is nonzero (the same number as selecting those rows first, without a
+    data-dependent shape); no effect on 2-D logits.
+""",
+    returns="The loss, a 0-dim tensor (float32 for low-precision inputs).",
+    raises="""\
+ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
+    another shape.
+""",
+)
+
+
 def _kd_objective(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Marks a built-in KD loss: the distillers hand it ``logits_mask`` instead of selecting rows.
 
-    (A function registered by a user gets the selected rows, as in TextBrewer 0.2.x.)
+    (A function registered by a user gets the selected rows, as in TextBrewer 0.2.x.) Its
+    docstring is completed with the arguments, result and errors all KD losses share: each loss's
+    own docstring holds only what is its own (a summary, the formula, any further argument).
     """
     loss_fn.supports_logits_mask = True
-    return loss_fn
+    return _kd_sections(loss_fn)
 
 
 @_kd_objective
@@ -116,22 +137,6 @@ def kd_ce_loss(
     position. Large inputs are computed in chunks of rows: beyond its inputs it allocates little
     more than the student's gradient, whatever the vocabulary size; small ones (where that does
     not pay) with the plain formula.
-
-    Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero (the same number as selecting those rows first, without a
-            data-dependent shape); no effect on 2-D logits.
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
-
-    Raises:
-        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
-            another shape.
     """
     return _softmax_divergence(logits_S, logits_T, temperature, False, logits_mask)
 
@@ -149,22 +154,6 @@ def kd_kl_loss(
     ``mean_rows( Σ_c p_T,c · (log p_T,c - log p_S,c) )`` with ``p_X = softmax(l_X / T)``: the
     cross-entropy of ``kd_ce_loss`` minus the teacher's entropy, so it has the same gradient in the
     student and is 0 when the two logits are equal. Chunked like ``kd_ce_loss``.
-
-    Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero (the same number as selecting those rows first, without a
-            data-dependent shape); no effect on 2-D logits.
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
-
-    Raises:
-        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
-            another shape.
     """
     return _softmax_divergence(logits_S, logits_T, temperature, True, logits_mask)
 
@@ -182,22 +171,6 @@ def kd_reverse_kl_loss(
     ``mean_rows( Σ_c p_S,c · (log p_S,c - log p_T,c) )`` with ``p_X = softmax(l_X / T)``
     (mode-seeking: the student is pushed to put its mass where the teacher's is). Chunked like
     ``kd_ce_loss``.
-
-    Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero (the same number as selecting those rows first, without a
-            data-dependent shape); no effect on 2-D logits.
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
-
-    Raises:
-        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
-            another shape.
     """
     return _softmax_divergence(logits_T, logits_S, temperature, True, logits_mask)
 
@@ -215,22 +188,6 @@ def kd_mse_loss(
     ``mean( (l_S / T - l_T / T)² )`` over every element (of the kept rows), computed as
     ``Σ (l_S - l_T)² / T² / n`` without scaled copies of the logits on large inputs (equal up to
     float rounding).
-
-    Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero (the same number as selecting those rows first, without a
-            data-dependent shape); no effect on 2-D logits.
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
-
-    Raises:
-        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
-            another shape.
     """
     if _small_and_simple(logits_S, logits_T, temperature, logits_mask):
         weight = _logits_row_weight(logits_mask, logits_S, logits_S.dtype)
@@ -270,7 +227,7 @@ def kd_mse_loss(
 
 @_kd_objective
 @_without_autocast
-def kd_jsd_loss(
+def kd_jsd_loss(  # noqa: D417 (_kd_objective adds the arguments all KD losses share)
     logits_S: torch.Tensor,
     logits_T: torch.Tensor,
     temperature: Temperature = 1,
@@ -290,17 +247,8 @@ def kd_jsd_loss(
     inputs are chunked (only the inputs are saved; backward recomputes a chunk at a time).
 
     Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero; no effect on 2-D logits.
         beta: the teacher's share of the mixture, in [0, 1] (keyword only; in a config,
             ``kd_loss_type=['jsd', beta]``).
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
 
     Raises:
         ValueError: ``beta`` is not in [0, 1], the shapes of the logits differ, or the
@@ -350,22 +298,6 @@ def kd_bce_loss(
     ``mean over rows and classes of -(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)))``. Use it
     for multi-label classifiers (trained with ``BCEWithLogitsLoss``), where the softmax of the
     other KD losses would make the classes compete. Large inputs are chunked like ``kd_jsd_loss``.
-
-    Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero (the same number as selecting those rows first, without a
-            data-dependent shape); no effect on 2-D logits.
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
-
-    Raises:
-        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
-            another shape.
     """
     if logits_mask is None and _small_and_simple(logits_S, logits_T, temperature, None):
         targets = torch.sigmoid(_divided(logits_T, temperature))
