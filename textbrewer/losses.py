@@ -310,6 +310,32 @@ def kd_bce_loss(
 # -------------------------------------------------------------------------------------------------
 
 
+_MASK_ARG = "mask: optional (batch, length) of 0/1 (bool, int or float)."
+_LOSS = "The loss, a 0-dim tensor."
+
+_scores_sections = with_sections(
+    args=f"""\
+S: student scores, (batch, heads, length, length); without a mask any shape.
+T: teacher scores, same shape.
+{_MASK_ARG}
+""",
+    returns=_LOSS,
+    raises="ValueError: the shapes differ, or the mask does not fit the scores.",
+)
+"""The sections of the attention losses that compare the scores of every head."""
+
+_heads_sections = with_sections(
+    args=f"""\
+S: student scores, (batch, heads, length, length) or (batch, length, length).
+T: teacher scores, the same shape but for the head count, which may differ.
+{_MASK_ARG}
+""",
+    returns=_LOSS,
+)
+"""Shared sections of the attention losses that reduce over heads first (each has its Raises)."""
+
+
+@_scores_sections
 @_without_autocast
 def att_mse_loss(
     S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
@@ -319,22 +345,12 @@ def att_mse_loss(
     Without a mask, entries ``<= -1e-3`` (padding scores) are set to 0 in both inputs, then
     ``mean((S - T)²)``. With a mask ``m`` (no zeroing):
     ``Σ_{b,h,q,k} (S - T)² · m_q · m_k / Σ_{b,h} (Σ_l m_l)²``.
-
-    Args:
-        S: student scores, (batch, heads, length, length); without a mask any shape.
-        T: teacher scores, same shape.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
-
-    Raises:
-        ValueError: the shapes differ, or the mask does not fit the scores.
     """
     _check_same_shape(S, T, "attention_mse", _HEADS_HINT)
     return _att_mse(S, T, mask)
 
 
+@_heads_sections
 @_without_autocast
 def att_mse_sum_loss(
     S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
@@ -345,26 +361,14 @@ def att_mse_sum_loss(
     ``att_mse_loss``: without a mask, zero entries ``<= -1e-3`` and take ``mean((S - T)²)``; with a
     mask, ``Σ (S - T)² · m_q · m_k / Σ_b (Σ_l m_l)²``.
 
-    Args:
-        S: student scores, (batch, heads, length, length) or (batch, length, length).
-        T: teacher scores, the same shape but for the head count, which may differ.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
-
     Raises:
         ValueError: the shapes differ once the heads are summed, or the mask does not fit.
     """
-    # Heads are summed before the shapes are compared: teacher and student may have different
-    # head counts (as in TextBrewer 0.2.x).
-    dtype = _compute_dtype(S, T)
-    S = S.sum(1, dtype=dtype) if S.dim() == 4 else S
-    T = T.sum(1, dtype=dtype) if T.dim() == 4 else T
-    _check_same_shape(S, T, "attention_mse_sum (after summing the heads)")
+    S, T = _over_heads(S, T, "attention_mse_sum (after summing the heads)", average=False)
     return _att_mse(S, T, mask)
 
 
+@_scores_sections
 @_without_autocast
 def att_ce_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy between the teacher's and the student's attention distributions.
@@ -373,22 +377,12 @@ def att_ce_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = No
     then ``mean( -Σ_k P · log_softmax(S, -1) )`` over every row. With a mask ``m`` (``P`` not
     zeroed): ``Σ_{b,h,q} m_q · (-Σ_k P · log_softmax(S) · m_k) / Σ_{b,h,q} m_q``. The softmaxes
     run over every key, masked ones included.
-
-    Args:
-        S: student scores, (batch, heads, length, length); without a mask any shape.
-        T: teacher scores, same shape.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
-
-    Raises:
-        ValueError: the shapes differ, or the mask does not fit the scores.
     """
     _check_same_shape(S, T, "attention_ce", _HEADS_HINT)
     return _att_ce(S, T, mask)
 
 
+@_heads_sections
 @_without_autocast
 def att_ce_mean_loss(
     S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
@@ -398,25 +392,33 @@ def att_ce_mean_loss(
     4-D inputs are averaged over dim 1 (heads); 3-D inputs are used as they are. Then as
     ``att_ce_loss`` with (batch, length, length) scores.
 
-    Args:
-        S: student scores, (batch, heads, length, length) or (batch, length, length).
-        T: teacher scores, the same shape but for the head count, which may differ.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
-
     Raises:
         ValueError: the shapes differ once the heads are averaged, or the mask does not fit.
     """
-    # Heads are averaged before the shapes are compared: teacher and student may have different
-    # head counts (as in TextBrewer 0.2.x). A sum then a division of the small result, rather
-    # than mean(1): the input's gradient is then a broadcast view, not a full-size tensor.
-    dtype = _compute_dtype(S, T)
-    S = S.sum(1, dtype=dtype) / S.size(1) if S.dim() == 4 else S
-    T = T.sum(1, dtype=dtype) / T.size(1) if T.dim() == 4 else T
-    _check_same_shape(S, T, "attention_ce_mean (after averaging the heads)")
+    S, T = _over_heads(S, T, "attention_ce_mean (after averaging the heads)", average=True)
     return _att_ce(S, T, mask)
+
+
+def _over_heads(
+    S: torch.Tensor, T: torch.Tensor, name: str, average: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-D scores summed (or averaged) over dim 1, the heads; then their shapes are compared.
+
+    The heads are reduced before the shapes are compared: teacher and student may have different
+    head counts (as in TextBrewer 0.2.x). An average is a sum then a division of the small result,
+    rather than mean(1): the input's gradient is then a broadcast view, not a full-size tensor.
+    """
+    dtype = _compute_dtype(S, T)
+
+    def reduced(scores: torch.Tensor) -> torch.Tensor:
+        if scores.dim() != 4:
+            return scores
+        total = scores.sum(1, dtype=dtype)
+        return total / scores.size(1) if average else total
+
+    S, T = reduced(S), reduced(T)
+    _check_same_shape(S, T, name)
+    return S, T
 
 
 # -------------------------------------------------------------------------------------------------
@@ -424,6 +426,19 @@ def att_ce_mean_loss(
 # -------------------------------------------------------------------------------------------------
 
 
+_hidden_sections = with_sections(
+    args=f"""\
+S: student hidden states, (batch, length, hidden); without a mask any (..., hidden) shape.
+T: teacher hidden states, same shape.
+{_MASK_ARG}
+""",
+    returns=_LOSS,
+    raises="ValueError: the shapes differ, or the mask does not fit the hidden states.",
+)
+"""The sections of the position-by-position hidden-state losses."""
+
+
+@_hidden_sections
 @_without_autocast
 def hid_mse_loss(
     S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
@@ -431,17 +446,6 @@ def hid_mse_loss(
     """Mean squared error of hidden states.
 
     No mask: ``mean((S - T)²)``. With a mask ``m``: ``Σ (S - T)² · m / (Σ m · D)``.
-
-    Args:
-        S: student hidden states, (batch, length, hidden); without a mask any shape.
-        T: teacher hidden states, same shape.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
-
-    Raises:
-        ValueError: the shapes differ, or the mask does not fit the hidden states.
     """
     _check_same_shape(S, T, "hidden_mse", _PROJECTION_HINT)
     if mask is None:
@@ -460,23 +464,13 @@ def hid_mse_loss(
     return total / (m.sum() * S.size(-1))
 
 
+@_hidden_sections
 @_without_autocast
 def cos_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cosine distance between student and teacher vectors, position by position.
 
     ``mean_n (1 - cos(S_n, T_n))`` over the positions ``n`` the mask keeps (every position
     without a mask). A float mask acts as weights: ``Σ m (1 - cos) / Σ m``.
-
-    Args:
-        S: student hidden states, (batch, length, hidden) (or any (..., hidden) without a mask).
-        T: teacher hidden states, same shape.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
-
-    Raises:
-        ValueError: the shapes differ, or the mask does not fit the hidden states.
     """
     _check_same_shape(S, T, "cos", _PROJECTION_HINT)
     dtype = _compute_dtype(S, T)
