@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import torch
@@ -103,6 +104,7 @@ def check_logits_sides(
     )
 
 
+@dataclasses.dataclass(eq=False)
 class KDLoss:
     """Computes ``sum_i KD(logits_S[i], logits_T[i], T_i)`` the way the SPEC orders it.
 
@@ -124,22 +126,18 @@ class KDLoss:
         t2_scaling: multiply each pair's loss by the mean over its kept rows of ``T²``.
     """
 
-    def __init__(
-        self,
-        loss: Callable[..., torch.Tensor],
-        temperature: float,
-        temperature_scheduler: _TemperatureScheduler,
-        probability_shift: bool,
-        t2_scaling: bool = False,
-    ) -> None:
-        self.loss = loss
-        self.temperature = temperature
-        self.temperature_scheduler = temperature_scheduler
-        self.last_temperature: Any = None  # the scheduler's last answer, for logging
-        self.probability_shift = probability_shift
-        self.t2_scaling = t2_scaling
-        self.masks_in_place = _supports_mask(loss) and (
-            temperature_scheduler is None or _supports_mask(temperature_scheduler)
+    loss: Callable[..., torch.Tensor]
+    temperature: float
+    temperature_scheduler: _TemperatureScheduler
+    probability_shift: bool
+    t2_scaling: bool = False
+    # The scheduler's last answer, for logging.
+    last_temperature: Any = dataclasses.field(default=None, init=False)
+    masks_in_place: bool = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.masks_in_place = _supports_mask(self.loss) and (
+            self.temperature_scheduler is None or _supports_mask(self.temperature_scheduler)
         )
 
     def __call__(
