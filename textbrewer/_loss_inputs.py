@@ -9,12 +9,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
 # A KD temperature: a number, a 0-dim tensor, or a tensor with one temperature per row of logits.
 Temperature = Union[float, torch.Tensor]
+
+# An optional mask: a KD loss's (batch, length) ``logits_mask``, a match loss's ``mask``.
+Mask = Optional[torch.Tensor]
 
 
 # Without a mask, the attention losses treat entries at or below this value as padding (as 0.2.x
