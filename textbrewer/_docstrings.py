@@ -54,7 +54,9 @@ def with_sections(
     """
 
     def complete(function: _Function) -> _Function:
-        preamble, own = _sections(function.__doc__ or "")
+        if function.__doc__ is None:  # python -OO: docstrings are stripped, leave them so
+            return function
+        preamble, own = _sections(function.__doc__)
         merged = {
             "Args:": "\n".join(filter(None, (_text([args]), _text(own.pop("Args:", []))))),
             "Returns:": _text(own.pop("Returns:", [])) or _text([returns]),
