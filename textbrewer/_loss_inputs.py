@@ -9,12 +9,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
 # A KD temperature: a number, a 0-dim tensor, or a tensor with one temperature per row of logits.
 Temperature = Union[float, torch.Tensor]
+
+# An optional mask: a KD loss's (batch, length) ``logits_mask``, a match loss's ``mask``.
+Mask = Optional[torch.Tensor]
 
 
 # Without a mask, the attention losses treat entries at or below this value as padding (as 0.2.x
@@ -145,17 +148,25 @@ def _logits_row_weight(
     """
     if logits_mask is None or logits.dim() != 3:
         return None
-    if not isinstance(logits_mask, torch.Tensor) or logits_mask.shape != logits.shape[:-1]:
-        got = (
-            f"of shape {tuple(logits_mask.shape)}"
-            if isinstance(logits_mask, torch.Tensor)
-            else f"of type {type(logits_mask).__name__}"
-        )
+    misfit = _logits_mask_misfit(logits_mask, logits)
+    if misfit:
         raise ValueError(
-            f"logits_mask {got} does not fit logits of shape {tuple(logits.shape)}: expected a "
-            f"(batch, length) mask of shape {tuple(logits.shape[:-1])}, nonzero at the rows to keep"
+            f"logits_mask of {misfit} does not fit logits of shape {tuple(logits.shape)}: "
+            f"expected a (batch, length) mask of shape {tuple(logits.shape[:-1])}, nonzero at the "
+            "rows to keep"
         )
     return (logits_mask != 0).reshape(-1).to(device=logits.device, dtype=dtype)
+
+
+def _logits_mask_misfit(logits_mask: object, logits: torch.Tensor) -> str:
+    """Why ``logits_mask`` does not fit 3-D ``logits``: its shape or its type; ``""`` if it fits.
+
+    A fitting mask is a (batch, length) tensor, ``logits.shape[:-1]``. The reason reads
+    ``"shape (...)"`` or ``"type ..."``, to follow ``"a logits_mask of "`` in a message.
+    """
+    if not isinstance(logits_mask, torch.Tensor):
+        return f"type {type(logits_mask).__name__}"
+    return "" if logits_mask.shape == logits.shape[:-1] else f"shape {tuple(logits_mask.shape)}"
 
 
 def _pair(tensors: Sequence[torch.Tensor], what: str) -> tuple[torch.Tensor, torch.Tensor]:

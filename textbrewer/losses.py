@@ -33,10 +33,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 # Size thresholds are read as attributes of their module at call time (tests and benchmarks patch
 # them there), so this module imports the module itself for them, not the numbers.
 from . import _loss_chunks
+from ._docstrings import with_sections
 from ._loss_chunks import (
     _att_ce,
     _att_mse,
@@ -54,6 +56,7 @@ from ._loss_inputs import (
     _FULL_PRECISION,
     _HEADS_HINT,
     _PROJECTION_HINT,
+    Mask,
     Temperature,
     _as,
     _attention_mask,
@@ -93,144 +96,86 @@ __all__ = [
 # -------------------------------------------------------------------------------------------------
 
 
-def _kd_objective(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+_kd_sections = with_sections(
+    args="""\
+logits_S: student logits, (batch, classes) or (batch, length, classes).
+logits_T: teacher logits, same shape.
+temperature: a number, a 0-dim tensor, or one temperature per row, shape
+    ``logits_S.shape[:-1]``.
+logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
+    where it is nonzero (the same number as selecting those rows first, without a
+    data-dependent shape); no effect on 2-D logits.
+""",
+    returns="The loss, a 0-dim tensor (float32 for low-precision inputs).",
+    raises="""\
+ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
+    another shape.
+""",
+)
+
+
+def _kd_objective(loss_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Marks a built-in KD loss: the distillers hand it ``logits_mask`` instead of selecting rows.
 
-    (A function registered by a user gets the selected rows, as in TextBrewer 0.2.x.)
+    (A function registered by a user gets the selected rows, as in TextBrewer 0.2.x.) The loss
+    runs with autocast off (``_without_autocast``), and its docstring is completed with the
+    arguments, result and errors all KD losses share: each loss's own docstring holds only what is
+    its own (a summary, the formula, any further argument).
     """
+    loss_fn = _kd_sections(_without_autocast(loss_fn))
     loss_fn.supports_logits_mask = True
     return loss_fn
 
 
 @_kd_objective
-@_without_autocast
 def kd_ce_loss(
-    logits_S: torch.Tensor,
-    logits_T: torch.Tensor,
-    temperature: Temperature = 1,
-    logits_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+    logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1, logits_mask: Mask = None
+) -> Tensor:
     """Soft cross-entropy between the teacher's and the student's tempered distributions.
 
     ``mean_rows( -Σ_c softmax(l_T / T)_c · log_softmax(l_S / T)_c )``, rows being every leading
     position. Large inputs are computed in chunks of rows: beyond its inputs it allocates little
     more than the student's gradient, whatever the vocabulary size; small ones (where that does
     not pay) with the plain formula.
-
-    Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero (the same number as selecting those rows first, without a
-            data-dependent shape); no effect on 2-D logits.
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
-
-    Raises:
-        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
-            another shape.
     """
     return _softmax_divergence(logits_S, logits_T, temperature, False, logits_mask)
 
 
 @_kd_objective
-@_without_autocast
 def kd_kl_loss(
-    logits_S: torch.Tensor,
-    logits_T: torch.Tensor,
-    temperature: Temperature = 1,
-    logits_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+    logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1, logits_mask: Mask = None
+) -> Tensor:
     """Forward KL divergence KL(p_T || p_S) of the tempered distributions, mean over rows.
 
     ``mean_rows( Σ_c p_T,c · (log p_T,c - log p_S,c) )`` with ``p_X = softmax(l_X / T)``: the
     cross-entropy of ``kd_ce_loss`` minus the teacher's entropy, so it has the same gradient in the
     student and is 0 when the two logits are equal. Chunked like ``kd_ce_loss``.
-
-    Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero (the same number as selecting those rows first, without a
-            data-dependent shape); no effect on 2-D logits.
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
-
-    Raises:
-        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
-            another shape.
     """
     return _softmax_divergence(logits_S, logits_T, temperature, True, logits_mask)
 
 
 @_kd_objective
-@_without_autocast
 def kd_reverse_kl_loss(
-    logits_S: torch.Tensor,
-    logits_T: torch.Tensor,
-    temperature: Temperature = 1,
-    logits_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+    logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1, logits_mask: Mask = None
+) -> Tensor:
     """Reverse KL divergence KL(p_S || p_T) of the tempered distributions, mean over rows.
 
     ``mean_rows( Σ_c p_S,c · (log p_S,c - log p_T,c) )`` with ``p_X = softmax(l_X / T)``
     (mode-seeking: the student is pushed to put its mass where the teacher's is). Chunked like
     ``kd_ce_loss``.
-
-    Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero (the same number as selecting those rows first, without a
-            data-dependent shape); no effect on 2-D logits.
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
-
-    Raises:
-        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
-            another shape.
     """
     return _softmax_divergence(logits_T, logits_S, temperature, True, logits_mask)
 
 
 @_kd_objective
-@_without_autocast
 def kd_mse_loss(
-    logits_S: torch.Tensor,
-    logits_T: torch.Tensor,
-    temperature: Temperature = 1,
-    logits_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+    logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1, logits_mask: Mask = None
+) -> Tensor:
     """Mean squared error of the tempered logits.
 
     ``mean( (l_S / T - l_T / T)² )`` over every element (of the kept rows), computed as
     ``Σ (l_S - l_T)² / T² / n`` without scaled copies of the logits on large inputs (equal up to
     float rounding).
-
-    Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero (the same number as selecting those rows first, without a
-            data-dependent shape); no effect on 2-D logits.
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
-
-    Raises:
-        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
-            another shape.
     """
     if _small_and_simple(logits_S, logits_T, temperature, logits_mask):
         weight = _logits_row_weight(logits_mask, logits_S, logits_S.dtype)
@@ -269,15 +214,14 @@ def kd_mse_loss(
 
 
 @_kd_objective
-@_without_autocast
-def kd_jsd_loss(
-    logits_S: torch.Tensor,
-    logits_T: torch.Tensor,
+def kd_jsd_loss(  # noqa: D417 (_kd_objective adds the arguments all KD losses share)
+    logits_S: Tensor,
+    logits_T: Tensor,
     temperature: Temperature = 1,
-    logits_mask: torch.Tensor | None = None,
+    logits_mask: Mask = None,
     *,
     beta: float = 0.5,
-) -> torch.Tensor:
+) -> Tensor:
     """Generalised Jensen-Shannon divergence of the tempered distributions, mean over rows.
 
     With ``p = softmax(l_T / T)``, ``q = softmax(l_S / T)`` and the mixture
@@ -290,17 +234,8 @@ def kd_jsd_loss(
     inputs are chunked (only the inputs are saved; backward recomputes a chunk at a time).
 
     Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero; no effect on 2-D logits.
         beta: the teacher's share of the mixture, in [0, 1] (keyword only; in a config,
             ``kd_loss_type=['jsd', beta]``).
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
 
     Raises:
         ValueError: ``beta`` is not in [0, 1], the shapes of the logits differ, or the
@@ -311,7 +246,7 @@ def kd_jsd_loss(
     )
 
 
-def jsd_loss_builder(beta: float = 0.5) -> Callable[..., torch.Tensor]:
+def jsd_loss_builder(beta: float = 0.5) -> Callable[..., Tensor]:
     """``kd_jsd_loss`` with its mixing coefficient fixed: the builder of ``['jsd', beta]``.
 
     Args:
@@ -337,35 +272,15 @@ kd_jsd_loss.builder = jsd_loss_builder
 
 
 @_kd_objective
-@_without_autocast
 def kd_bce_loss(
-    logits_S: torch.Tensor,
-    logits_T: torch.Tensor,
-    temperature: Temperature = 1,
-    logits_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+    logits_S: Tensor, logits_T: Tensor, temperature: Temperature = 1, logits_mask: Mask = None
+) -> Tensor:
     """Multi-label KD: binary cross-entropy of per-class sigmoid probabilities.
 
     Each class is its own yes/no question: with ``y = sigmoid(l_T / T)`` and ``x = l_S / T``,
     ``mean over rows and classes of -(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x)))``. Use it
     for multi-label classifiers (trained with ``BCEWithLogitsLoss``), where the softmax of the
     other KD losses would make the classes compete. Large inputs are chunked like ``kd_jsd_loss``.
-
-    Args:
-        logits_S: student logits, (batch, classes) or (batch, length, classes).
-        logits_T: teacher logits, same shape.
-        temperature: a number, a 0-dim tensor, or one temperature per row, shape
-            ``logits_S.shape[:-1]``.
-        logits_mask: optional (batch, length) mask of 3-D logits: the mean runs over the rows
-            where it is nonzero (the same number as selecting those rows first, without a
-            data-dependent shape); no effect on 2-D logits.
-
-    Returns:
-        The loss, a 0-dim tensor (float32 for low-precision inputs).
-
-    Raises:
-        ValueError: the shapes of the logits differ, or the temperature or ``logits_mask`` has
-            another shape.
     """
     if logits_mask is None and _small_and_simple(logits_S, logits_T, temperature, None):
         targets = torch.sigmoid(_divided(logits_T, temperature))
@@ -378,113 +293,112 @@ def kd_bce_loss(
 # -------------------------------------------------------------------------------------------------
 
 
+_MASK_ARG = "mask: optional (batch, length) of 0/1 (bool, int or float)."
+_LOSS = "The loss, a 0-dim tensor."
+
+_scores_sections = with_sections(
+    args=f"""\
+S: student scores, (batch, heads, length, length); without a mask any shape.
+T: teacher scores, same shape.
+{_MASK_ARG}
+""",
+    returns=_LOSS,
+    raises="ValueError: the shapes differ, or the mask does not fit the scores.",
+)
+"""The sections of the attention losses that compare the scores of every head."""
+
+_heads_sections = with_sections(
+    args=f"""\
+S: student scores, (batch, heads, length, length), reduced over dim 1 (the heads), or
+    (batch, length, length), used as they are.
+T: teacher scores, the same shape but for the head count, which may differ.
+{_MASK_ARG}
+""",
+    returns=_LOSS,
+)
+"""Shared sections of the attention losses that reduce over heads first (each has its Raises)."""
+
+
+@_scores_sections
 @_without_autocast
-def att_mse_loss(
-    S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def att_mse_loss(S: Tensor, T: Tensor, mask: Mask = None) -> Tensor:
     """Mean squared error of attention scores.
 
     Without a mask, entries ``<= -1e-3`` (padding scores) are set to 0 in both inputs, then
     ``mean((S - T)²)``. With a mask ``m`` (no zeroing):
     ``Σ_{b,h,q,k} (S - T)² · m_q · m_k / Σ_{b,h} (Σ_l m_l)²``.
-
-    Args:
-        S: student scores, (batch, heads, length, length); without a mask any shape.
-        T: teacher scores, same shape.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
-
-    Raises:
-        ValueError: the shapes differ, or the mask does not fit the scores.
     """
-    _check_same_shape(S, T, "attention_mse", _HEADS_HINT)
-    return _att_mse(S, T, mask)
+    return _att_mse(*_compared_scores(S, T, "attention_mse"), mask)
 
 
+@_heads_sections
 @_without_autocast
-def att_mse_sum_loss(
-    S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def att_mse_sum_loss(S: Tensor, T: Tensor, mask: Mask = None) -> Tensor:
     """``att_mse_loss`` of the scores summed over heads.
 
-    4-D inputs are summed over dim 1 (heads); 3-D inputs are used as they are. Then as
-    ``att_mse_loss``: without a mask, zero entries ``<= -1e-3`` and take ``mean((S - T)²)``; with a
-    mask, ``Σ (S - T)² · m_q · m_k / Σ_b (Σ_l m_l)²``.
-
-    Args:
-        S: student scores, (batch, heads, length, length) or (batch, length, length).
-        T: teacher scores, the same shape but for the head count, which may differ.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
+    As ``att_mse_loss`` on the summed scores: without a mask, zero entries ``<= -1e-3`` and take
+    ``mean((S - T)²)``; with a mask, ``Σ (S - T)² · m_q · m_k / Σ_b (Σ_l m_l)²``.
 
     Raises:
         ValueError: the shapes differ once the heads are summed, or the mask does not fit.
     """
-    # Heads are summed before the shapes are compared: teacher and student may have different
-    # head counts (as in TextBrewer 0.2.x).
-    dtype = _compute_dtype(S, T)
-    S = S.sum(1, dtype=dtype) if S.dim() == 4 else S
-    T = T.sum(1, dtype=dtype) if T.dim() == 4 else T
-    _check_same_shape(S, T, "attention_mse_sum (after summing the heads)")
+    S, T = _compared_scores(S, T, "attention_mse_sum (after summing the heads)", heads="sum")
     return _att_mse(S, T, mask)
 
 
+@_scores_sections
 @_without_autocast
-def att_ce_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def att_ce_loss(S: Tensor, T: Tensor, mask: Mask = None) -> Tensor:
     """Cross-entropy between the teacher's and the student's attention distributions.
 
     ``P = softmax(T, -1)``. Without a mask, ``P`` is set to 0 where ``T <= -1e-3`` (padding keys),
     then ``mean( -Σ_k P · log_softmax(S, -1) )`` over every row. With a mask ``m`` (``P`` not
     zeroed): ``Σ_{b,h,q} m_q · (-Σ_k P · log_softmax(S) · m_k) / Σ_{b,h,q} m_q``. The softmaxes
     run over every key, masked ones included.
-
-    Args:
-        S: student scores, (batch, heads, length, length); without a mask any shape.
-        T: teacher scores, same shape.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
-
-    Raises:
-        ValueError: the shapes differ, or the mask does not fit the scores.
     """
-    _check_same_shape(S, T, "attention_ce", _HEADS_HINT)
-    return _att_ce(S, T, mask)
+    return _att_ce(*_compared_scores(S, T, "attention_ce"), mask)
 
 
+@_heads_sections
 @_without_autocast
-def att_ce_mean_loss(
-    S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def att_ce_mean_loss(S: Tensor, T: Tensor, mask: Mask = None) -> Tensor:
     """``att_ce_loss`` of the scores averaged over heads.
 
-    4-D inputs are averaged over dim 1 (heads); 3-D inputs are used as they are. Then as
-    ``att_ce_loss`` with (batch, length, length) scores.
-
-    Args:
-        S: student scores, (batch, heads, length, length) or (batch, length, length).
-        T: teacher scores, the same shape but for the head count, which may differ.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
+    As ``att_ce_loss`` on the averaged (batch, length, length) scores.
 
     Raises:
         ValueError: the shapes differ once the heads are averaged, or the mask does not fit.
     """
-    # Heads are averaged before the shapes are compared: teacher and student may have different
-    # head counts (as in TextBrewer 0.2.x). A sum then a division of the small result, rather
-    # than mean(1): the input's gradient is then a broadcast view, not a full-size tensor.
-    dtype = _compute_dtype(S, T)
-    S = S.sum(1, dtype=dtype) / S.size(1) if S.dim() == 4 else S
-    T = T.sum(1, dtype=dtype) / T.size(1) if T.dim() == 4 else T
-    _check_same_shape(S, T, "attention_ce_mean (after averaging the heads)")
+    S, T = _compared_scores(S, T, "attention_ce_mean (after averaging the heads)", heads="mean")
     return _att_ce(S, T, mask)
+
+
+def _compared_scores(
+    S: Tensor, T: Tensor, name: str, heads: str | None = None
+) -> tuple[Tensor, Tensor]:
+    """The scores, checked for equal shapes; with ``heads`` ("sum", "mean") 4-D ones reduced first.
+
+    Without ``heads`` a mismatch names ``name`` and hints at the heads. With it, 4-D scores are
+    summed or averaged over dim 1 (the heads) before the shapes are compared: teacher and student
+    may have different head counts (as in TextBrewer 0.2.x). An average is a sum then a division of
+    the small result, rather than mean(1): the input's gradient is then a broadcast view, not a
+    full-size tensor.
+    """
+    if heads is None:
+        _check_same_shape(S, T, name, _HEADS_HINT)
+        return S, T
+    dtype = _compute_dtype(S, T)
+    average = heads == "mean"
+
+    def reduced(scores: Tensor) -> Tensor:
+        if scores.dim() != 4:
+            return scores
+        total = scores.sum(1, dtype=dtype)
+        return total / scores.size(1) if average else total
+
+    S, T = reduced(S), reduced(T)
+    _check_same_shape(S, T, name)
+    return S, T
 
 
 # -------------------------------------------------------------------------------------------------
@@ -492,24 +406,24 @@ def att_ce_mean_loss(
 # -------------------------------------------------------------------------------------------------
 
 
+_hidden_sections = with_sections(
+    args=f"""\
+S: student hidden states, (batch, length, hidden); without a mask any (..., hidden) shape.
+T: teacher hidden states, same shape.
+{_MASK_ARG}
+""",
+    returns=_LOSS,
+    raises="ValueError: the shapes differ, or the mask does not fit the hidden states.",
+)
+"""The sections of the position-by-position hidden-state losses."""
+
+
+@_hidden_sections
 @_without_autocast
-def hid_mse_loss(
-    S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def hid_mse_loss(S: Tensor, T: Tensor, mask: Mask = None) -> Tensor:
     """Mean squared error of hidden states.
 
     No mask: ``mean((S - T)²)``. With a mask ``m``: ``Σ (S - T)² · m / (Σ m · D)``.
-
-    Args:
-        S: student hidden states, (batch, length, hidden); without a mask any shape.
-        T: teacher hidden states, same shape.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
-
-    Raises:
-        ValueError: the shapes differ, or the mask does not fit the hidden states.
     """
     _check_same_shape(S, T, "hidden_mse", _PROJECTION_HINT)
     if mask is None:
@@ -528,23 +442,13 @@ def hid_mse_loss(
     return total / (m.sum() * S.size(-1))
 
 
+@_hidden_sections
 @_without_autocast
-def cos_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def cos_loss(S: Tensor, T: Tensor, mask: Mask = None) -> Tensor:
     """Mean cosine distance between student and teacher vectors, position by position.
 
     ``mean_n (1 - cos(S_n, T_n))`` over the positions ``n`` the mask keeps (every position
     without a mask). A float mask acts as weights: ``Σ m (1 - cos) / Σ m``.
-
-    Args:
-        S: student hidden states, (batch, length, hidden) (or any (..., hidden) without a mask).
-        T: teacher hidden states, same shape.
-        mask: optional (batch, length) of 0/1 (bool, int or float).
-
-    Returns:
-        The loss, a 0-dim tensor.
-
-    Raises:
-        ValueError: the shapes differ, or the mask does not fit the hidden states.
     """
     _check_same_shape(S, T, "cos", _PROJECTION_HINT)
     dtype = _compute_dtype(S, T)
@@ -565,7 +469,7 @@ def cos_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None)
     return (distances * m).sum() / m.sum()
 
 
-def _cosine_distances(S: torch.Tensor, T: torch.Tensor, temperature: float = 1) -> torch.Tensor:
+def _cosine_distances(S: Tensor, T: Tensor, temperature: float = 1) -> Tensor:
     """``1 - cos(S_n, T_n)`` per row, ``cos = x.y / max(|x| |y|, 1e-8)``.
 
     Written out rather than F.cosine_similarity, which is ~2.5x slower forward+backward on CPU.
@@ -579,7 +483,7 @@ def _cosine_distances(S: torch.Tensor, T: torch.Tensor, temperature: float = 1) 
 
 
 @_without_autocast
-def pkd_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def pkd_loss(S: Tensor, T: Tensor, mask: Mask = None) -> Tensor:
     """Patient-KD loss: squared distance of the L2-normalised first-position vectors.
 
     3-D inputs are reduced to position 0 (the [CLS] vector), 2-D inputs are used as they are; each
@@ -604,9 +508,7 @@ def pkd_loss(S: torch.Tensor, T: torch.Tensor, mask: torch.Tensor | None = None)
     return (s - t).square().sum(-1).mean()
 
 
-def _fsp_matrix(
-    first: torch.Tensor, second: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype
-) -> torch.Tensor:
+def _fsp_matrix(first: Tensor, second: Tensor, mask: Mask, dtype: torch.dtype) -> Tensor:
     """``first^T second / L`` per example, (batch, D0, D1); with a mask, masked rows and Σm."""
     first, second = _as(first, dtype), _as(second, dtype)
     if mask is None:
@@ -617,9 +519,7 @@ def _fsp_matrix(
 
 
 @_without_autocast
-def fsp_loss(
-    S: Sequence[torch.Tensor], T: Sequence[torch.Tensor], mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def fsp_loss(S: Sequence[Tensor], T: Sequence[Tensor], mask: Mask = None) -> Tensor:
     """FSP (flow of solution procedure, "gram") loss between two pairs of layers.
 
     ``G = S0ᵀ S1 / L`` per example, (batch, hidden, hidden); with a mask ``m`` the rows are
@@ -650,9 +550,7 @@ def fsp_loss(
 
 
 @_without_autocast
-def mmd_loss(
-    S: Sequence[torch.Tensor], T: Sequence[torch.Tensor], mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def mmd_loss(S: Sequence[Tensor], T: Sequence[Tensor], mask: Mask = None) -> Tensor:
     """NST ("mmd") loss: squared error of position-by-position similarity matrices.
 
     No mask: ``G_X = X0 X1ᵀ / D_X`` (batch, length, length), each side divided by its own hidden

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from textbrewer import losses
+from textbrewer._docstrings import with_sections
 
 TOPK_INDICES_KEY = "logits_topk_indices"
 """The adaptor-result key holding, per ``logits`` tensor, the classes of its stored top-k values."""
@@ -51,67 +52,56 @@ def _student_log_probs_at(
     return scaled.gather(-1, indices) - log_norm
 
 
+_topk_form = with_sections(
+    args="""\
+logits_S: student logits, (rows..., classes).
+values_T: the teacher's top-k logits, (rows..., k).
+indices_T: their classes, (rows..., k), integers < classes.
+temperature: a number, or one temperature per row (shape ``rows...``).
+""",
+    returns="The loss, a 0-dim tensor.",
+)
+"""Completes the docstring of a top-k form with the arguments and result all of them share."""
+
+
+@_topk_form
 def topk_ce_loss(
     logits_S: torch.Tensor, values_T: torch.Tensor, indices_T: torch.Tensor, temperature=1
 ) -> torch.Tensor:
     """Soft cross-entropy against the teacher renormalised over its stored top-k classes.
 
     ``mean_rows( -Σ_j softmax(values_T / T)_j · log_softmax(logits_S / T)[indices_T_j] )``.
-
-    Args:
-        logits_S: student logits, (rows..., classes).
-        values_T: the teacher's top-k logits, (rows..., k).
-        indices_T: their classes, (rows..., k), integers < classes.
-        temperature: a number, or one temperature per row (shape ``rows...``).
     """
     target = F.softmax(_scaled(values_T, temperature), dim=-1)
     log_q = _student_log_probs_at(logits_S, indices_T, temperature)
     return -(target * log_q).sum(-1).mean()
 
 
+@_topk_form
 def topk_kl_loss(
     logits_S: torch.Tensor, values_T: torch.Tensor, indices_T: torch.Tensor, temperature=1
 ) -> torch.Tensor:
-    """KL(p̂_T || p_S) over the stored classes, ``p̂_T`` renormalised over them (see the module).
-
-    Args:
-        logits_S: student logits, (rows..., classes).
-        values_T: the teacher's top-k logits, (rows..., k).
-        indices_T: their classes, (rows..., k).
-        temperature: a number, or one temperature per row.
-    """
+    """KL(p̂_T || p_S) over the stored classes, ``p̂_T`` renormalised over them (see the module)."""
     log_p = F.log_softmax(_scaled(values_T, temperature), dim=-1)
     log_q = _student_log_probs_at(logits_S, indices_T, temperature)
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
+@_topk_form
 def topk_reverse_kl_loss(
     logits_S: torch.Tensor, values_T: torch.Tensor, indices_T: torch.Tensor, temperature=1
 ) -> torch.Tensor:
-    """KL(q̂_S || p̂_T), both distributions renormalised over the stored classes.
-
-    Args:
-        logits_S: student logits, (rows..., classes).
-        values_T: the teacher's top-k logits, (rows..., k).
-        indices_T: their classes, (rows..., k).
-        temperature: a number, or one temperature per row.
-    """
+    """KL(q̂_S || p̂_T), both distributions renormalised over the stored classes."""
     log_p = F.log_softmax(_scaled(values_T, temperature), dim=-1)
     log_q = F.log_softmax(_scaled(logits_S.gather(-1, indices_T), temperature), dim=-1)
     return (log_q.exp() * (log_q - log_p)).sum(-1).mean()
 
 
+@_topk_form
 def topk_mse_loss(
     logits_S: torch.Tensor, values_T: torch.Tensor, indices_T: torch.Tensor, temperature=1
 ) -> torch.Tensor:
-    """``mean((logits_S[indices_T] / T - values_T / T)²)`` over the stored entries.
-
-    Args:
-        logits_S: student logits, (rows..., classes).
-        values_T: the teacher's top-k logits, (rows..., k).
-        indices_T: their classes, (rows..., k).
-        temperature: a number, or one temperature per row.
-    """
+    """``mean((logits_S[indices_T] / T - values_T / T)²)`` over the stored entries."""
     difference = _scaled(logits_S.gather(-1, indices_T) - values_T, temperature)
     return difference.square().mean()
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import torch
 
 from textbrewer import presets, sparse_kd
+from textbrewer._loss_inputs import _logits_mask_misfit
 from textbrewer.configurations import DistillationConfig
 from textbrewer.distillers._batches import AdaptorResult
 
@@ -102,6 +104,7 @@ def check_logits_sides(
     )
 
 
+@dataclasses.dataclass(eq=False)
 class KDLoss:
     """Computes ``sum_i KD(logits_S[i], logits_T[i], T_i)`` the way the SPEC orders it.
 
@@ -123,22 +126,18 @@ class KDLoss:
         t2_scaling: multiply each pair's loss by the mean over its kept rows of ``T²``.
     """
 
-    def __init__(
-        self,
-        loss: Callable[..., torch.Tensor],
-        temperature: float,
-        temperature_scheduler: _TemperatureScheduler,
-        probability_shift: bool,
-        t2_scaling: bool = False,
-    ) -> None:
-        self.loss = loss
-        self.temperature = temperature
-        self.temperature_scheduler = temperature_scheduler
-        self.last_temperature: Any = None  # the scheduler's last answer, for logging
-        self.probability_shift = probability_shift
-        self.t2_scaling = t2_scaling
-        self.masks_in_place = _supports_mask(loss) and (
-            temperature_scheduler is None or _supports_mask(temperature_scheduler)
+    loss: Callable[..., torch.Tensor]
+    temperature: float
+    temperature_scheduler: _TemperatureScheduler
+    probability_shift: bool
+    t2_scaling: bool = False
+    # The scheduler's last answer, for logging.
+    last_temperature: Any = dataclasses.field(default=None, init=False)
+    masks_in_place: bool = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.masks_in_place = _supports_mask(self.loss) and (
+            self.temperature_scheduler is None or _supports_mask(self.temperature_scheduler)
         )
 
     def __call__(
@@ -304,14 +303,10 @@ def check_logits_mask(
     """A ``logits_mask`` must be (batch, length) for 3-D logits (it is unused for 2-D ones)."""
     if mask is None or logits.dim() != 3:
         return
-    if not isinstance(mask, torch.Tensor) or mask.shape != logits.shape[:-1]:
-        got = (
-            f"shape {tuple(mask.shape)}"
-            if isinstance(mask, torch.Tensor)
-            else f"type {type(mask).__name__}"
-        )
+    misfit = _logits_mask_misfit(mask, logits)
+    if misfit:
         raise ValueError(
-            f"{who} returned a logits_mask of {got} for logits tensor {index} of shape "
+            f"{who} returned a logits_mask of {misfit} for logits tensor {index} of shape "
             f"{tuple(logits.shape)}: it must be a (batch, length) mask of shape "
             f"{tuple(logits.shape[:-1])}, nonzero at the rows to distil"
         )
@@ -486,6 +481,22 @@ class DistillationTerms:
         return parts
 
 
+class _TermsWeight:
+    """A distiller's weight attribute: reads and writes the same-named one of ``self.terms``."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, distiller: Any, owner: type | None = None) -> Any:
+        return self if distiller is None else getattr(distiller.terms, self.name)
+
+    def __set__(self, distiller: Any, value: float) -> None:
+        setattr(distiller.terms, self.name, value)
+
+
 class UsesDistillationTerms:
     """Gives a distiller ``self.terms`` and the 0.2.x attributes users read from it.
 
@@ -500,23 +511,8 @@ class UsesDistillationTerms:
         """The KD loss function of ``kd_loss_type``."""
         return self.terms.kd_loss
 
-    @property
-    def kd_loss_weight(self) -> float:
-        """The KD term's current weight."""
-        return self.terms.kd_loss_weight
-
-    @kd_loss_weight.setter
-    def kd_loss_weight(self, value: float) -> None:
-        self.terms.kd_loss_weight = value
-
-    @property
-    def hard_label_weight(self) -> float:
-        """The hard-label term's current weight."""
-        return self.terms.hard_label_weight
-
-    @hard_label_weight.setter
-    def hard_label_weight(self, value: float) -> None:
-        self.terms.hard_label_weight = value
+    kd_loss_weight = _TermsWeight("The KD term's current weight.")
+    hard_label_weight = _TermsWeight("The hard-label term's current weight.")
 
     def schedules(self) -> list[DistillationTerms]:
         """The distillation terms, whose weights follow the weight schedulers."""
