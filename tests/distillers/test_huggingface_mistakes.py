@@ -114,6 +114,9 @@ def test_attentions_not_asked_for_name_output_attentions(tmp_path):
 def test_sdpa_attention_returns_none_and_the_message_says_eager(tmp_path):
     match = {**ATTENTION, "weight": 1}
     teacher, student = bert(4, 16, 0, attention="sdpa"), bert(2, 8, 1, attention="sdpa")
+    probe = student(input_ids=torch.ones(1, 3, dtype=torch.long), output_attentions=True)
+    if probe.attentions:  # transformers < 5 fell back to eager attention when asked for them
+        pytest.skip("this transformers returns attentions from an sdpa model")
     with pytest.raises(ValueError, match="intermediate_matches|adaptor_S") as raised:
         distil(tmp_path, [match], teacher, student, output_attentions=True)
     message = str(raised.value)
